@@ -1,0 +1,29 @@
+"""Saving folders (adapters, models) so that an interrupted save never replaces a good earlier one."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+
+def save_dir_atomic(path: str | Path, save: Callable[[Path], None]) -> Path:
+    """Call save(tmp_folder), then swap the finished folder into place; on failure the old folder stays."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save(tmp)
+        if not tmp.is_dir() or not any(tmp.iterdir()):
+            raise RuntimeError(f"Saving to {tmp} wrote nothing; {path} was left as it was.")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path

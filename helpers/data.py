@@ -1,0 +1,509 @@
+"""Loading, checking and scoring the fine-tuning data.
+
+Every dataset is normalised to two string columns, `prompt` and `completion`.
+Problems are reported as ValueError messages that say what is wrong, where, and
+how to fix it. Nothing is truncated or dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+SUPPORT_DIR = Path(__file__).resolve().parent.parent / "data" / "support"
+SPLITS = ("train", "validation", "test")
+SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation"}
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv")
+REPLY_FIELDS = ("category", "order", "product")
+SPLIT_SEED = 42
+SHOW_ROWS = 5  # how many row indices an error message lists
+
+
+# ---------------------------------------------------------------------------
+# Reading local files
+# ---------------------------------------------------------------------------
+
+
+def read_text(path: str | Path) -> str:
+    """Read a UTF-8 text file, with clear errors for missing, empty or non-UTF-8 files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist. Check the path (relative paths start at {Path.cwd()})."
+        )
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise ValueError(f"{path} is empty. Expected at least one example with a prompt and a completion.")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte 0x{raw[err.start]:02x} on line {line} cannot be decoded. "
+            "Re-save the file as UTF-8 (in most editors: Save As, then choose the UTF-8 encoding) and try again."
+        ) from None
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSON Lines file into a list of dicts; bad lines are reported by line number."""
+    text = read_text(path)
+    rows = []
+    for line_number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{path} line {line_number} is not valid JSON: {err.msg} (column {err.colno}). "
+                'Each line must be one complete JSON object, e.g. {"prompt": "...", "completion": "..."}.'
+            ) from None
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"{path} line {line_number} is a JSON {type(value).__name__}, not an object. "
+                'Each line must be one JSON object, e.g. {"prompt": "...", "completion": "..."}.'
+            )
+        rows.append(value)
+    if not rows:
+        raise ValueError(f"{path} has no examples (only blank lines). Expected one JSON object per line.")
+    return rows
+
+
+def read_json(path: str | Path) -> list[dict]:
+    """Read a .json file holding a list of objects (or JSON Lines saved as .json)."""
+    text = read_text(path)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # several objects, one per line: JSON Lines with a .json name
+            return read_jsonl(path)
+        raise ValueError(
+            f"{path} line {err.lineno} is not valid JSON: {err.msg} (column {err.colno}). "
+            "Expected a list of objects, or one JSON object per line."
+        ) from None
+    if isinstance(value, dict):
+        lists = [v for v in value.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise ValueError(
+                f"{path} holds one JSON object with keys {list(value)}. "
+                'Expected a list of examples, e.g. [{"prompt": "...", "completion": "..."}, ...].'
+            )
+        value = lists[0]
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{path} holds no examples. Expected a non-empty list of JSON objects.")
+    not_objects = [i for i, row in enumerate(value) if not isinstance(row, dict)]
+    if not_objects:
+        raise ValueError(
+            f"{path}: items {not_objects[:SHOW_ROWS]} of the list are not JSON objects. "
+            'Every item must look like {"prompt": "...", "completion": "..."}.'
+        )
+    return value
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    """Read a CSV file with a header row into a list of dicts (all values are strings)."""
+    text = read_text(path)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows:
+        raise ValueError(
+            f"{path} has a header line but no rows. Expected one example per line after the header."
+        )
+    return rows
+
+
+def rows_to_dataset(rows: list[dict], source_name: str) -> Dataset:
+    """Turn a list of dicts into a Dataset, reporting columns whose value types are mixed."""
+    columns: dict[str, list] = {}
+    for row in rows:
+        for key in row:
+            columns.setdefault(key, [])
+    for key in columns:
+        columns[key] = [row.get(key) for row in rows]
+    for key, values in columns.items():
+        kinds = [type_name(v) for v in values if v is not None]
+        if len(set(kinds)) > 1:
+            common = Counter(kinds).most_common(1)[0][0]
+            odd = [i for i, v in enumerate(values) if v is not None and type_name(v) != common]
+            raise ValueError(
+                f"{source_name}: column '{key}' mixes value types: mostly {common}, but "
+                f"{type_name(values[odd[0]])} in rows {odd[:SHOW_ROWS]} (rows counted from 0). "
+                f"Expected one type per column; fix: make every '{key}' value a {common} "
+                "(for text, put the value in quotes)."
+            )
+    return Dataset.from_dict(columns)
+
+
+def type_name(value: object) -> str:
+    """A short, readable type name for error messages ('number' for int and float)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+
+def load_support(split_sizes: dict | None = None) -> DatasetDict:
+    """Load the course's support dataset (train/validation/test), optionally only the first N of each split."""
+    splits = {}
+    for split in SPLITS:
+        path = SUPPORT_DIR / f"{split}.jsonl"
+        ds = rows_to_dataset(read_jsonl(path), str(path))
+        validate_examples(ds, str(path))
+        splits[split] = ds
+    dd = DatasetDict(splits)
+    if split_sizes:
+        dd = take_first(dd, split_sizes)
+    return dd
+
+
+def take_first(dd: DatasetDict, split_sizes: dict) -> DatasetDict:
+    """Keep only the first N rows of the named splits, e.g. {"train": 800, "test": 100}."""
+    result = DatasetDict(dict(dd))
+    for split, size in split_sizes.items():
+        if split not in dd:
+            raise ValueError(f"split_sizes names split '{split}', but the splits are {list(dd)}.")
+        if size > len(dd[split]):
+            raise ValueError(
+                f"split_sizes asks for {size} rows of '{split}', but it has only {len(dd[split])}. "
+                f"Use a size of at most {len(dd[split])}."
+            )
+        result[split] = dd[split].select(range(size))
+    return result
+
+
+def load_dataset_any(source: str, column_map: dict | None = None, split: str | None = None) -> DatasetDict:
+    """Load "support", a local .jsonl/.json/.csv file or a Hugging Face dataset id, as prompt/completion strings.
+
+    column_map renames your columns, e.g. {"prompt": "question", "completion": "answer"}.
+    split picks one split of the source, which is then divided into train/validation/test.
+    """
+    if source == "support":
+        dd = load_support()
+    elif Path(source).suffix.lower() in LOCAL_SUFFIXES:
+        readers = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv}
+        rows = readers[Path(source).suffix.lower()](source)
+        dd = DatasetDict({"train": rows_to_dataset(rows, source)})
+    elif Path(source).exists():
+        raise ValueError(
+            f"{source} is a local path but not a .jsonl, .json or .csv file. "
+            "Save your data in one of those formats, or pass a Hugging Face dataset id."
+        )
+    else:
+        loaded = datasets.load_dataset(source)
+        dd = loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+    if split is not None:
+        if split not in dd:
+            raise ValueError(f"{source} has no split '{split}'. Available splits: {list(dd)}.")
+        dd = DatasetDict({"train": dd[split]})
+    normalised = {}
+    for name, ds in dd.items():
+        label = source if len(dd) == 1 else f"{source} ({name} split)"
+        ds = normalise_columns(ds, column_map, label)
+        validate_examples(ds, label)
+        normalised[name] = ds
+    return ensure_splits(DatasetDict(normalised), source)
+
+
+def normalise_columns(ds: Dataset, column_map: dict | None = None, source_name: str = "dataset") -> Dataset:
+    """Give ds `prompt` and `completion` columns from column_map, Alpaca columns or chat `messages`."""
+    if column_map:
+        ds = apply_column_map(ds, column_map, source_name)
+    columns = ds.column_names
+    if "prompt" in columns or "completion" in columns:
+        return ds
+    if "instruction" in columns and "output" in columns:
+        return from_alpaca(ds)
+    if "messages" in columns:
+        return from_messages(ds, source_name)
+    return ds  # validate_examples explains what is missing
+
+
+def apply_column_map(ds: Dataset, column_map: dict, source_name: str) -> Dataset:
+    """Rename the columns named in column_map to `prompt` / `completion`."""
+    unknown = [key for key in column_map if key not in ("prompt", "completion")]
+    if unknown:
+        raise ValueError(
+            f"column_map keys must be 'prompt' and/or 'completion', got {unknown}. "
+            "Example: column_map={'prompt': 'question', 'completion': 'answer'}."
+        )
+    missing = [column for column in column_map.values() if column not in ds.column_names]
+    if missing:
+        raise ValueError(
+            f"{source_name}: column_map refers to column(s) {missing} that do not exist. "
+            f"Available columns: {ds.column_names}."
+        )
+    for target, column in column_map.items():
+        if column == target:
+            continue
+        if target in ds.column_names:
+            print(
+                f"{source_name}: renaming the existing '{target}' column to 'original_{target}' (column_map)."
+            )
+            ds = ds.rename_column(target, f"original_{target}")
+        ds = ds.rename_column(column, target)
+    return ds
+
+
+def from_alpaca(ds: Dataset) -> Dataset:
+    """prompt = instruction (+ blank line + input when input is not empty), completion = output."""
+    inputs = ds["input"] if "input" in ds.column_names else [None] * len(ds)
+    prompts = []
+    for instruction, extra in zip(ds["instruction"], inputs, strict=True):
+        if isinstance(instruction, str) and isinstance(extra, str) and extra.strip():
+            prompts.append(instruction + "\n\n" + extra)
+        else:
+            prompts.append(instruction)
+    ds = ds.add_column("prompt", prompts)
+    return ds.add_column("completion", list(ds["output"]))
+
+
+def from_messages(ds: Dataset, source_name: str) -> Dataset:
+    """prompt = the user message before the last assistant message, completion = that assistant message."""
+    prompts, completions, bad_rows = [], [], []
+    for index, messages in enumerate(ds["messages"]):
+        prompt, completion = last_exchange(messages)
+        if prompt is None:
+            bad_rows.append(index)
+        prompts.append(prompt)
+        completions.append(completion)
+    if bad_rows:
+        raise ValueError(
+            f"{source_name}: {len(bad_rows)} row(s) of 'messages' have no user message followed by an "
+            f"assistant message, first rows {bad_rows[:SHOW_ROWS]} (counted from 0). "
+            'Each conversation needs {"role": "user", ...} then {"role": "assistant", ...}; fix or remove those rows.'
+        )
+    ds = ds.add_column("prompt", prompts)
+    return ds.add_column("completion", completions)
+
+
+def last_exchange(messages: object) -> tuple:
+    """(user text, assistant text) of the last assistant turn in a chat, or (None, None)."""
+    if not isinstance(messages, list):
+        return None, None
+    roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
+    if "assistant" not in roles:
+        return None, None
+    answer_at = len(roles) - 1 - roles[::-1].index("assistant")
+    users = [i for i in range(answer_at) if roles[i] == "user"]
+    if not users:
+        return None, None
+    return message_text(messages[users[-1]]), message_text(messages[answer_at])
+
+
+def message_text(message: dict) -> object:
+    """A message's content as text (joins the text parts of list-style content)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return "".join(parts)
+    return content
+
+
+def ensure_splits(dd: DatasetDict, source_name: str, seed: int = SPLIT_SEED) -> DatasetDict:
+    """Return train/validation/test, splitting missing ones off train deterministically."""
+    dd = DatasetDict({SPLIT_ALIASES.get(name, name): ds for name, ds in dd.items()})
+    if len(dd) == 1:
+        dd = DatasetDict({"train": next(iter(dd.values()))})
+    if "train" not in dd:
+        raise ValueError(
+            f"{source_name} has no 'train' split. Available splits: {list(dd)}; pick one with split=."
+        )
+    train = dd["train"]
+    tenth = max(1, round(len(train) * 0.1))
+    for name in ("test", "validation"):
+        if name in dd:
+            continue
+        size = len(dd["test"]) if name == "validation" and "test" in dd else tenth
+        if len(train) - size < 1:
+            raise ValueError(
+                f"{source_name}: cannot split off a {name} split from only {len(train)} training rows. "
+                "Provide more examples (at least 3) or your own validation and test splits."
+            )
+        parts = train.train_test_split(test_size=size, seed=seed)
+        train, dd[name] = parts["train"], parts["test"]
+        print(f"{source_name}: split off {size} rows as '{name}' (seed {seed}).")
+    return DatasetDict({"train": train, "validation": dd["validation"], "test": dd["test"]})
+
+
+# ---------------------------------------------------------------------------
+# Checking
+# ---------------------------------------------------------------------------
+
+
+def validate_examples(ds: Dataset, source_name: str) -> None:
+    """Raise ValueError unless ds has non-empty string `prompt` and `completion` columns."""
+    missing = [column for column in ("prompt", "completion") if column not in ds.column_names]
+    if missing:
+        raise ValueError(
+            f"{source_name}: missing column(s) {missing}. Expected text columns 'prompt' and 'completion' "
+            "(or Alpaca-style 'instruction'/'input'/'output', or a chat 'messages' column). "
+            f"Available columns: {ds.column_names}. Fix: say which columns to use, e.g. "
+            "column_map={'prompt': '<question column>', 'completion': '<answer column>'}."
+        )
+    if len(ds) == 0:
+        raise ValueError(f"{source_name} has no rows. Expected at least one example.")
+    problems = []
+    for column in ("prompt", "completion"):
+        values = list(ds[column])
+        not_text = [i for i, v in enumerate(values) if not isinstance(v, str)]
+        blank = [i for i, v in enumerate(values) if isinstance(v, str) and not v.strip()]
+        if not_text:
+            example = values[not_text[0]]
+            problems.append(
+                f"'{column}' is not a string in {len(not_text)} row(s), first rows {not_text[:SHOW_ROWS]} "
+                f"(row {not_text[0]} holds {type_name(example)} {example!r:.60})"
+            )
+        if blank:
+            problems.append(
+                f"'{column}' is empty or only whitespace in {len(blank)} row(s), first rows {blank[:SHOW_ROWS]}"
+            )
+    if problems:
+        raise ValueError(
+            f"{source_name}: " + "; ".join(problems) + ". Rows are counted from 0. "
+            "Fix: make every prompt and completion a non-empty string, or drop those rows explicitly, e.g. "
+            "ds.filter(lambda ex: isinstance(ex['completion'], str) and ex['completion'].strip() != '')."
+        )
+
+
+# ---------------------------------------------------------------------------
+# Chat format and token lengths
+# ---------------------------------------------------------------------------
+
+
+def to_conversational(ds: Dataset | DatasetDict, system_prompt: str | None = None) -> Dataset | DatasetDict:
+    """Turn prompt/completion strings into TRL's conversational prompt-completion format."""
+
+    def convert(example: dict) -> dict:
+        prompt = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        prompt.append({"role": "user", "content": example["prompt"]})
+        return {"prompt": prompt, "completion": [{"role": "assistant", "content": example["completion"]}]}
+
+    return ds.map(convert, remove_columns=["prompt", "completion"])
+
+
+def as_messages(prompt: str | list, completion: str | list) -> list[dict]:
+    """One conversation (list of messages) from string or conversational prompt and completion."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if isinstance(completion, str):
+        return messages + [{"role": "assistant", "content": completion}]
+    return messages + list(completion)
+
+
+def token_lengths(ds: Dataset, tokenizer, batch_size: int = 256) -> list[int]:
+    """Token count of each example after the tokenizer's chat template (prompt + completion)."""
+    conversations = [as_messages(p, c) for p, c in zip(ds["prompt"], ds["completion"], strict=True)]
+    lengths = []
+    for start in range(0, len(conversations), batch_size):
+        encoded = tokenizer.apply_chat_template(conversations[start : start + batch_size], tokenize=True)
+        # transformers 5 returns a BatchEncoding (a dict) by default; older versions return the ids.
+        ids = encoded["input_ids"] if isinstance(encoded, Mapping) else encoded
+        lengths.extend(len(row) for row in ids)
+    return lengths
+
+
+def length_report(ds: Dataset, tokenizer, max_length: int) -> dict:
+    """Token length statistics of ds and how many examples are longer than max_length."""
+    lengths = token_lengths(ds, tokenizer)
+    if not lengths:
+        raise ValueError("length_report got an empty dataset. Expected at least one example.")
+    too_long = [i for i, length in enumerate(lengths) if length > max_length]
+    ordered = sorted(lengths)
+    return {
+        "n": len(lengths),
+        "max": ordered[-1],
+        "mean": round(sum(lengths) / len(lengths), 1),
+        "p95": ordered[math.ceil(0.95 * len(ordered)) - 1],
+        "max_length": max_length,
+        "too_long": len(too_long),
+        "too_long_indices": too_long[:10],
+    }
+
+
+def check_lengths(ds: Dataset, tokenizer, max_length: int) -> dict:
+    """Return length_report, or raise ValueError if any example is longer than max_length tokens."""
+    report = length_report(ds, tokenizer, max_length)
+    if report["too_long"]:
+        raise ValueError(
+            f"{report['too_long']} of {report['n']} examples are longer than max_length={max_length} tokens "
+            f"(longest: {report['max']} tokens; first rows {report['too_long_indices'][:SHOW_ROWS]}). "
+            "The trainer would cut them off silently. Fix: raise max_length to at least "
+            f"{report['max']}, or drop them explicitly with drop_too_long(ds, tokenizer, {max_length})."
+        )
+    return report
+
+
+def drop_too_long(ds: Dataset, tokenizer, max_length: int) -> Dataset:
+    """Remove examples longer than max_length tokens, printing how many were dropped."""
+    lengths = token_lengths(ds, tokenizer)
+    keep = [i for i, length in enumerate(lengths) if length <= max_length]
+    print(
+        f"drop_too_long: dropped {len(ds) - len(keep)} of {len(ds)} examples longer than {max_length} tokens."
+    )
+    return ds.select(keep)
+
+
+# ---------------------------------------------------------------------------
+# Scoring replies
+# ---------------------------------------------------------------------------
+
+HEADER_LINE = re.compile(r"^\s*(category|order|product)\s*:\s*(.*?)\s*$", re.IGNORECASE)
+
+
+def parse_reply(text: str) -> dict:
+    """The category/order/product header values of a reply, as written ("none" stays "none"); missing → None."""
+    fields = dict.fromkeys(REPLY_FIELDS)
+    for line in text.splitlines():
+        match = HEADER_LINE.match(line)
+        if match:
+            key = match.group(1).lower()
+            if fields[key] is None:
+                fields[key] = match.group(2)
+    return fields
+
+
+def score_replies(predictions: list[str], references: list[str]) -> dict:
+    """Accuracy of all three header fields together (`accuracy`) and of each field, over n replies."""
+    if len(predictions) != len(references):
+        raise ValueError(
+            f"score_replies got {len(predictions)} predictions but {len(references)} references. "
+            "Pass one prediction per reference, in the same order."
+        )
+    if not references:
+        raise ValueError("score_replies got no predictions. Expected at least one prediction and reference.")
+    correct = dict.fromkeys(REPLY_FIELDS, 0)
+    all_correct = 0
+    for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
+        expected = parse_reply(reference)
+        missing = [key for key, value in expected.items() if value is None]
+        if missing:
+            raise ValueError(
+                f"reference {index} has no line for {missing}. References must start with "
+                "'category: ...', 'order: ...' and 'product: ...' lines."
+            )
+        got = parse_reply(prediction)
+        matches = [got[key] == expected[key] for key in REPLY_FIELDS]
+        for key, match in zip(REPLY_FIELDS, matches, strict=True):
+            correct[key] += match
+        all_correct += all(matches)
+    n = len(references)
+    return {"n": n, "accuracy": all_correct / n, **{key: correct[key] / n for key in REPLY_FIELDS}}

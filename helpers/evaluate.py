@@ -1,0 +1,93 @@
+"""Evaluation: loss and perplexity on held-out answers, task accuracy by greedy generation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from helpers.data import score_replies
+from helpers.models import CHAT_TEMPLATE_KWARGS, stop_token_ids
+
+
+def _ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict], **kwargs) -> list[int]:
+    """Token ids of a conversation rendered by the tokenizer's chat template (one BOS, from the template)."""
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **CHAT_TEMPLATE_KWARGS, **kwargs)
+    return list(out["input_ids"])
+
+
+def tokenize_with_mask(tokenizer: PreTrainedTokenizerBase, example: dict) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + completion and labels with the prompt masked (-100), as TRL builds them."""
+    prompt_ids = _ids(tokenizer, example["prompt"], add_generation_prompt=True)
+    full_ids = _ids(tokenizer, example["prompt"] + example["completion"])
+    if full_ids[: len(prompt_ids)] != prompt_ids:
+        raise ValueError("The chat template renders the prompt differently alone and with the answer; fix the template.")
+    labels = [-100] * len(prompt_ids) + full_ids[len(prompt_ids) :]
+    return full_ids, labels
+
+
+@torch.no_grad()
+def eval_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, batch_size: int = 16) -> dict:
+    """Mean loss per answer token over a conversational prompt/completion dataset, and its perplexity."""
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, total_tokens = 0.0, 0
+    rows = [tokenize_with_mask(tokenizer, ex) for ex in dataset]
+    for i in tqdm(range(0, len(rows), batch_size), desc="eval loss", leave=False):
+        batch = rows[i : i + batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for j, (x, y) in enumerate(batch):
+            ids[j, : len(x)], labels[j, : len(y)], mask[j, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
+        loss = torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), reduction="sum"
+        )
+        total_loss += loss.item()
+        total_tokens += int((shift_labels != -100).sum())
+    mean = total_loss / total_tokens
+    return {"eval_loss": mean, "perplexity": math.exp(mean), "answer_tokens": total_tokens}
+
+
+@torch.no_grad()
+def generate_replies(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[dict]],
+    max_new_tokens: int = 96,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy replies to chat prompts, batched with left padding, stopping on the end-of-turn token."""
+    model.eval()
+    device = next(model.parameters()).device
+    replies: list[str] = []
+    old_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        for i in tqdm(range(0, len(prompts), batch_size), desc="generate", leave=False):
+            batch = [_ids(tokenizer, p, add_generation_prompt=True) for p in prompts[i : i + batch_size]]
+            enc = tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(device)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stop_token_ids(tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            replies += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = old_side
+    return [r.strip() for r in replies]
+
+
+def task_accuracy(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, max_new_tokens: int = 96
+) -> tuple[dict, list[str]]:
+    """Generate a reply for each test example and score its header fields against the reference."""
+    replies = generate_replies(model, tokenizer, [ex["prompt"] for ex in dataset], max_new_tokens)
+    references = [ex["completion"][-1]["content"] for ex in dataset]
+    return score_replies(replies, references), replies

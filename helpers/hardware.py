@@ -1,0 +1,143 @@
+"""Which device we run on, which number format it trains in, and which library versions are installed."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import psutil
+import torch
+
+# The libraries whose versions go into every results file.
+TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The number format for training and inference on one device.
+
+    name: "bf16", "fp16 mixed" or "fp32".
+    torch_dtype: the dtype to load weights in for inference, and the compute dtype of 4-bit layers.
+        With "fp16 mixed" the weights you *train* stay float32 (load them in float32) and the Trainer
+        runs the forward and backward passes in float16 (fp16=True): pure float16 weights would lose
+        the small updates and the Trainer's gradient scaler refuses float16 trainable weights.
+    bf16, fp16: the values to pass to TrainingArguments / SFTConfig.
+    """
+
+    name: str
+    torch_dtype: torch.dtype
+    bf16: bool
+    fp16: bool
+
+
+BF16 = Precision(name="bf16", torch_dtype=torch.bfloat16, bf16=True, fp16=False)
+FP16_MIXED = Precision(name="fp16 mixed", torch_dtype=torch.float16, bf16=False, fp16=True)
+FP32 = Precision(name="fp32", torch_dtype=torch.float32, bf16=False, fp16=False)
+
+
+def choose_precision(device_type: str, capability: tuple[int, int] | None) -> Precision:
+    """Pick bf16 on Ampere-or-newer CUDA GPUs, fp16 mixed precision on older ones, fp32 elsewhere."""
+    if device_type == "cuda":
+        if capability is None:
+            raise ValueError(
+                "choose_precision('cuda', None): a CUDA device needs its compute capability, "
+                "e.g. choose_precision('cuda', torch.cuda.get_device_capability())."
+            )
+        # Native bfloat16 arrived with compute capability 8.0 (Ampere: A100, RTX 30xx).
+        # torch.cuda.is_bf16_supported() also says True on a T4 (7.5) because it can emulate
+        # bfloat16, but emulated bfloat16 is slow, so we decide from the capability alone.
+        if tuple(capability) >= (8, 0):
+            return BF16
+        return FP16_MIXED
+    if device_type in ("mps", "cpu"):
+        # Apple GPUs and CPUs: float32 is the safe, well-supported choice.
+        return FP32
+    raise ValueError(f"Unknown device_type {device_type!r}: use 'cuda', 'mps' or 'cpu'.")
+
+
+@dataclass
+class Hardware:
+    """What detect_hardware() found."""
+
+    device_type: str  # "cuda", "mps" or "cpu"
+    name: str  # GPU name, or the CPU model
+    capability: tuple[int, int] | None  # CUDA compute capability, None elsewhere
+    total_memory_bytes: int  # GPU memory on CUDA, system RAM on mps and cpu
+    cpu_count: int
+    precision: Precision
+
+    def describe(self) -> str:
+        """One line for the top of a notebook, e.g. 'cpu (2 cores, 23.5 GiB RAM), fp32'."""
+        gib = self.total_memory_bytes / 2**30
+        if self.device_type == "cuda":
+            major, minor = self.capability or (0, 0)
+            return (
+                f"cuda {self.name} (compute {major}.{minor}, {gib:.1f} GiB GPU memory, "
+                f"{self.cpu_count} CPU cores), {self.precision.name}"
+            )
+        if self.device_type == "mps":
+            return f"mps (Apple GPU, {self.cpu_count} cores, {gib:.1f} GiB unified memory), {self.precision.name}"
+        return f"cpu ({self.cpu_count} cores, {gib:.1f} GiB RAM), {self.precision.name}"
+
+
+def detect_hardware() -> Hardware:
+    """Look at the machine: a CUDA GPU if there is one, else an Apple GPU (mps), else the CPU."""
+    cpu_count = _usable_cpu_count()
+    if torch.cuda.is_available():
+        capability = tuple(torch.cuda.get_device_capability(0))
+        return Hardware(
+            device_type="cuda",
+            name=torch.cuda.get_device_name(0),
+            capability=capability,
+            total_memory_bytes=torch.cuda.get_device_properties(0).total_memory,
+            cpu_count=cpu_count,
+            precision=choose_precision("cuda", capability),
+        )
+    if torch.backends.mps.is_available():
+        return Hardware(
+            device_type="mps",
+            name="Apple GPU (mps)",
+            capability=None,
+            total_memory_bytes=psutil.virtual_memory().total,
+            cpu_count=cpu_count,
+            precision=choose_precision("mps", None),
+        )
+    return Hardware(
+        device_type="cpu",
+        name=_cpu_name(),
+        capability=None,
+        total_memory_bytes=psutil.virtual_memory().total,
+        cpu_count=cpu_count,
+        precision=choose_precision("cpu", None),
+    )
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the libraries this course uses ('not installed' when missing)."""
+    versions = {"python": platform.python_version()}
+    for package in TRACKED_PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _usable_cpu_count() -> int:
+    """CPU cores this process may use (respects taskset/container limits where the OS reports them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux) or platform.processor(), else 'CPU'."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "CPU"

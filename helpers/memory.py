@@ -1,0 +1,306 @@
+"""Counting parameters and bytes, estimating training memory, and measuring it per phase."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import psutil
+import torch
+
+QUANT_CONSTANTS_KEY = "4-bit quant. constants"
+
+# Optimizer state bytes per trainable parameter. AdamW keeps two float32 moments (2 x 4 bytes);
+# the 8-bit bitsandbytes versions keep them in 1 byte each (plus a small per-block scale we ignore).
+OPTIMIZER_BYTES_PER_PARAM = {
+    "adamw": 8,
+    "adamw_torch": 8,
+    "adamw_torch_fused": 8,
+    "paged_adamw_32bit": 8,
+    "adamw_8bit": 2,
+    "adamw_bnb_8bit": 2,
+    "paged_adamw_8bit": 2,
+    "sgd": 0,
+}
+
+
+def format_bytes(n: int) -> str:
+    """Human-readable size: '512 B', '3.50 KiB', '12.3 MiB', '1.23 GiB'."""
+    if n < 0:
+        return "-" + format_bytes(-n)
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            value = n / size
+            return f"{value:.2f} {unit}" if value < 100 else f"{value:.1f} {unit}"
+    return f"{int(n)} B"  # unreachable, keeps type checkers happy
+
+
+def _is_4bit(tensor: torch.Tensor) -> bool:
+    """True for a bitsandbytes Params4bit that has been quantized (it then carries a quant_state)."""
+    return bool(getattr(tensor, "bnb_quantized", False)) and getattr(tensor, "quant_state", None) is not None
+
+
+def _unique_tensors(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """Drop tensors that share memory with one already seen (tied weights), keyed by address and size."""
+    seen = set()
+    unique = []
+    for tensor in tensors:
+        key = (str(tensor.device), tensor.data_ptr(), tensor.nbytes)
+        if tensor.data_ptr() != 0 and key in seen:  # data_ptr 0: empty or meta tensor, nothing to share
+            continue
+        seen.add(key)
+        unique.append(tensor)
+    return unique
+
+
+def _model_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Every parameter and buffer of the model, each block of memory once."""
+    params = [p for _, p in model.named_parameters(remove_duplicate=False)]
+    buffers = [b for _, b in model.named_buffers(remove_duplicate=False)]
+    return _unique_tensors(params + buffers)
+
+
+def _quant_constants(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The small tensors bitsandbytes keeps next to a 4-bit weight: scales (absmax), code book, offset."""
+    state = tensor.quant_state
+    found = [state.absmax, state.code, getattr(state, "offset", None)]
+    nested = getattr(state, "state2", None)  # compress_statistics=True: the absmax are quantized too
+    if nested is not None:
+        found += [nested.absmax, nested.code]
+    return [t for t in found if isinstance(t, torch.Tensor)]
+
+
+def bytes_by_dtype(model: torch.nn.Module) -> dict[str, int]:
+    """Bytes of the model's parameters and buffers, grouped by dtype ('4-bit nf4' for bitsandbytes weights)."""
+    totals: dict[str, int] = {}
+    constants = []
+    for tensor in _model_tensors(model):
+        if _is_4bit(tensor):
+            # Stored as packed uint8, two 4-bit values per byte.
+            key = f"4-bit {tensor.quant_type}"
+            constants += _quant_constants(tensor)
+        else:
+            key = str(tensor.dtype).removeprefix("torch.")
+        totals[key] = totals.get(key, 0) + tensor.nbytes
+    constants = _unique_tensors(constants)
+    if constants:
+        totals[QUANT_CONSTANTS_KEY] = sum(t.nbytes for t in constants)
+    return totals
+
+
+def _num_elements(param: torch.Tensor) -> int:
+    """The true number of values in a parameter (a 4-bit weight packs two per byte)."""
+    if _is_4bit(param):
+        return param.quant_state.shape.numel()
+    return param.numel()
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights once, 4-bit weights by their real size."""
+    params = _unique_tensors(p for _, p in model.named_parameters(remove_duplicate=False))
+    total = sum(_num_elements(p) for p in params)
+    trainable = sum(_num_elements(p) for p in params if p.requires_grad)
+    return trainable, total
+
+
+def gradient_bytes(model: torch.nn.Module) -> int:
+    """Bytes the gradients of the trainable parameters take (same dtype as each parameter)."""
+    params = _unique_tensors(p for _, p in model.named_parameters(remove_duplicate=False))
+    return sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of all tensors the optimizer keeps (e.g. AdamW's two moments and its 'step' counters)."""
+    tensors = []
+    for state in optimizer.state.values():
+        tensors += [value for value in state.values() if isinstance(value, torch.Tensor)]
+    return sum(t.nbytes for t in _unique_tensors(tensors))
+
+
+def estimate_training_memory(
+    total_params: int,
+    trainable_params: int,
+    weight_bytes: int,
+    *,
+    grad_bytes_per_param: int = 4,
+    optimizer: str = "adamw",
+    batch_size: int,
+    seq_len: int,
+    hidden_size: int,
+    num_layers: int,
+    intermediate_size: int,
+    vocab_size: int,
+    num_heads: int,
+    activation_bytes: int = 4,
+    gradient_checkpointing: bool = False,
+) -> dict[str, int]:
+    """Rough analytic estimate of training memory in bytes: weights, gradients, optimizer states, activations.
+
+    weights:          weight_bytes, as given (e.g. sum(bytes_by_dtype(model).values())).
+    gradients:        trainable_params * grad_bytes_per_param.
+    optimizer_states: trainable_params * OPTIMIZER_BYTES_PER_PARAM[optimizer]
+                      (adamw 8, the 8-bit AdamWs 2, sgd 0).
+    activations:      what autograd keeps for the backward pass, for one micro-batch. Per decoder layer:
+
+                          batch * seq * (10 * hidden + 4 * intermediate + heads * seq) * activation_bytes
+
+                      10 * hidden: two RMSNorms (~3 tensors each: input, float32 copy, output), the
+                      q, k, v projections (3; grouped-query attention makes k and v smaller, so this
+                      is an upper bound) and the attention output (1).
+                      4 * intermediate: the MLP's gate, up, SiLU(gate) and their product.
+                      heads * seq: the attention probabilities of eager attention; the SDPA and
+                      flash-attention kernels do not keep them, so this term is an upper bound too.
+                      Times num_layers, plus the logits:
+
+                          batch * seq * vocab * (activation_bytes + 8)
+
+                      (the logits, their float32 copy for the loss, and the float32 gradient/log-softmax).
+                      With gradient checkpointing only each layer's input is kept
+                      (num_layers * batch * seq * hidden * activation_bytes) and one layer's full
+                      activations are rebuilt at a time during backward.
+    Not counted: the CUDA context (~0.3-0.5 GiB), allocator fragmentation, LoRA's small extra
+    activations, temporary buffers inside kernels. Expect measured peaks to be somewhat higher.
+    """
+    if optimizer not in OPTIMIZER_BYTES_PER_PARAM:
+        raise ValueError(f"Unknown optimizer {optimizer!r}: use one of {sorted(OPTIMIZER_BYTES_PER_PARAM)}.")
+    if trainable_params > total_params:
+        raise ValueError(
+            f"trainable_params ({trainable_params:,}) is larger than total_params ({total_params:,}). "
+            "count_parameters() returns (trainable, total) while this function takes total first: "
+            "pass them by name: total_params=..., trainable_params=..."
+        )
+    tokens = batch_size * seq_len
+    per_layer = tokens * (10 * hidden_size + 4 * intermediate_size + num_heads * seq_len) * activation_bytes
+    logits = tokens * vocab_size * (activation_bytes + 8)
+    if gradient_checkpointing:
+        layer_inputs = num_layers * tokens * hidden_size * activation_bytes
+        activations = layer_inputs + per_layer + logits
+    else:
+        activations = num_layers * per_layer + logits
+
+    estimate = {
+        "weights": int(weight_bytes),
+        "gradients": trainable_params * grad_bytes_per_param,
+        "optimizer_states": trainable_params * OPTIMIZER_BYTES_PER_PARAM[optimizer],
+        "activations": activations,
+    }
+    estimate["total"] = sum(estimate.values())
+    return estimate
+
+
+class MemoryTracker:
+    """Measure peak memory per named phase: CUDA allocator statistics on a GPU, process RSS elsewhere.
+
+    tracker = MemoryTracker("cuda")
+    with tracker.phase("train"):
+        trainer.train()
+    tracker.record("train", gradients=gradient_bytes(model))
+    print(tracker.table())
+    """
+
+    def __init__(self, device_type: str, sample_interval_s: float = 0.02) -> None:
+        if device_type not in ("cuda", "mps", "cpu"):
+            raise ValueError(f"Unknown device_type {device_type!r}: use 'cuda', 'mps' or 'cpu'.")
+        if device_type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("MemoryTracker('cuda') but torch sees no CUDA GPU: use MemoryTracker('cpu').")
+        self.device_type = device_type
+        self.sample_interval_s = sample_interval_s
+        self.results: dict[str, dict] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Measure the code inside the with-block; the measurement is kept even if it raises."""
+        if self.device_type == "cuda":
+            with self._cuda_phase(name):
+                yield
+        else:
+            with self._rss_phase(name):
+                yield
+
+    @contextmanager
+    def _cuda_phase(self, name: str) -> Iterator[None]:
+        """Reset the allocator's peak counters, run the block, read the peaks."""
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        try:
+            yield
+        finally:
+            torch.cuda.synchronize()
+            self.results.setdefault(name, {}).update(
+                measured="cuda max_memory_allocated",
+                start_bytes=start,
+                peak_bytes=torch.cuda.max_memory_allocated(),
+                end_bytes=torch.cuda.memory_allocated(),
+                peak_reserved_bytes=torch.cuda.max_memory_reserved(),
+            )
+
+    @contextmanager
+    def _rss_phase(self, name: str) -> Iterator[None]:
+        """Sample the process's resident memory every few milliseconds in a background thread."""
+        process = psutil.Process()
+        start = process.memory_info().rss
+        peak = [start]  # a list so the thread can update it
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(self.sample_interval_s):
+                peak[0] = max(peak[0], process.memory_info().rss)
+
+        thread = threading.Thread(target=sample, name=f"MemoryTracker-{name}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            end = process.memory_info().rss
+            self.results.setdefault(name, {}).update(
+                measured="process RSS (psutil)",
+                start_bytes=start,
+                peak_bytes=max(peak[0], end),
+                end_bytes=end,
+            )
+
+    def record(self, phase: str, **extra: int | dict[str, int]) -> None:
+        """Attach byte counts to a phase, e.g. record('train', weights=bytes_by_dtype(model), gradients=...)."""
+        self.results.setdefault(phase, {}).update(extra)
+
+    def table(self) -> str:
+        """All phases as a plain-text table (start, peak, peak - start, end), recorded byte counts below."""
+        if not self.results:
+            return "(no phases measured yet: wrap code in `with tracker.phase('name'):`)"
+        header = f"{'phase':<16} {'start':>11} {'peak':>11} {'peak-start':>11} {'end':>11}  measured"
+        lines = [header, "-" * len(header)]
+        for name, result in self.results.items():
+            if "peak_bytes" in result:
+                start, peak, end = result["start_bytes"], result["peak_bytes"], result["end_bytes"]
+                lines.append(
+                    f"{name:<16} {format_bytes(start):>11} {format_bytes(peak):>11} "
+                    f"{format_bytes(peak - start):>11} {format_bytes(end):>11}  {result['measured']}"
+                )
+                if "peak_reserved_bytes" in result:
+                    lines.append(
+                        f"{'':<16} peak reserved by the CUDA allocator: {format_bytes(result['peak_reserved_bytes'])}"
+                    )
+            else:
+                lines.append(f"{name:<16} (not measured, only recorded values)")
+            for key, value in result.items():
+                if key in ("measured", "start_bytes", "peak_bytes", "end_bytes", "peak_reserved_bytes"):
+                    continue
+                lines.append(f"{'':<16} {key}: {_format_value(value)}")
+        return "\n".join(lines)
+
+
+def _format_value(value: object) -> str:
+    """Byte counts as sizes (also inside a dict), anything else as str()."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return format_bytes(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_format_value(v)}" for k, v in value.items())
+    return str(value)

@@ -1,0 +1,120 @@
+"""Saving and loading the results file each notebook writes, so the comparison notebook can read them."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Every results file has these keys. save_results() sets created_at itself.
+RESULT_KEYS = (
+    "method",  # "full", "lora" or "qlora"
+    "profile",  # the run profile, e.g. "tiny" or "llama-3.2-1b"
+    "model_id",
+    "device",  # Hardware.describe()
+    "dtype",  # Precision.name
+    "versions",  # package_versions()
+    "total_params",
+    "trainable_params",
+    "peak_memory",  # {"measured": ..., "peak_bytes": ..., "breakdown": {...}}
+    "train_tokens_per_second",
+    "train_seconds",
+    "eval_loss",
+    "perplexity",
+    "accuracy_before",
+    "accuracy_after",
+    "artifact_bytes",  # size of what you would ship: the full model, or the adapter
+    "loss_history",  # [{"step": 10, "loss": 2.31}, ...]
+    "created_at",  # UTC, ISO 8601
+)
+
+
+def _json_default(value: object) -> object:
+    """Turn the few non-JSON types we meet (Path, torch.dtype, numpy/torch scalars) into JSON types."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (torch.dtype, torch.device)):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    raise TypeError(
+        f"{type(value).__name__} value {value!r:.80} cannot be written as JSON: "
+        "convert it to a str, int, float, bool, None, list or dict first."
+    )
+
+
+def write_json_atomic(path: str | Path, data: dict) -> Path:
+    """Write data as JSON so that the file is either the old version or the complete new one, never half."""
+    if not isinstance(data, dict):
+        raise TypeError(f"write_json_atomic expects a dict, got {type(data).__name__}.")
+    path = Path(path)
+    # Serialise first: if that fails, nothing on disk has been touched.
+    try:
+        text = json.dumps(data, indent=2, default=_json_default)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"Not writing {path} (the existing file, if any, is unchanged): {error}") from error
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    try:
+        with handle:
+            handle.write(text + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)  # atomic on the same file system
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_results(path: str | Path, **fields: object) -> Path:
+    """Check that every key in RESULT_KEYS is given, stamp created_at, and write the file atomically."""
+    fields["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    missing = [key for key in RESULT_KEYS if key not in fields]
+    if missing:
+        raise ValueError(
+            f"save_results({str(path)!r}) is missing {', '.join(missing)}: pass them as keyword arguments."
+        )
+    return write_json_atomic(path, fields)
+
+
+def load_results(path: str | Path) -> dict:
+    """Read a results file written by save_results(), with a clear message when it is missing or broken."""
+    path = Path(path)
+    how_to_fix = (
+        f"Run the notebook that produces {path.name} to the end (its last cell saves it), then retry."
+    )
+    if not path.exists():
+        raise FileNotFoundError(f"No results file at {path}. {how_to_fix}")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"Results file {path} is not valid JSON ({error}). {how_to_fix}") from error
+    if not isinstance(results, dict):
+        raise ValueError(f"Results file {path} does not hold a JSON object. {how_to_fix}")
+    missing = [key for key in RESULT_KEYS if key not in results]
+    if missing:
+        raise ValueError(f"Results file {path} lacks {', '.join(missing)} (an older format?). {how_to_fix}")
+    return results
+
+
+def dir_size_bytes(path: str | Path) -> int:
+    """Total size in bytes of the files under a directory (or of one file), e.g. a saved model or adapter."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Nothing at {path}: save the model or adapter there first.")
+    if path.is_file():
+        return path.stat().st_size
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())  # follows symlinks

@@ -1,0 +1,179 @@
+"""Build the `tiny` profile's model: a Llama-3-style tokenizer and a 4 M-parameter Llama, briefly pretrained.
+
+Run from the repository root:  python scripts/build_tiny_model.py [--steps 1200]
+It writes models/tiny-llama-support/ (weights, config, tokenizer, build_info.json). Deterministic for a given
+machine and torch version; the result is checked in so that CI and learners never need to rebuild it.
+
+The pretraining text is data/pretrain/corpus.txt: general prose in the support domain's language, not the
+task's reply format. About a third of its paragraphs are wrapped as user/assistant chat turns, so the model
+knows the chat template's special tokens (like an Instruct model) before any fine-tuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from helpers.models import (  # noqa: E402
+    CHAT_TEMPLATE,
+    END_OF_TURN,
+    PAD_TOKEN,
+    SPECIAL_TOKENS,
+    TINY,
+    TINY_MODEL_DIR,
+    llama_config,
+)
+
+CORPUS = ROOT / "data" / "pretrain" / "corpus.txt"
+SUPPORT_TRAIN = ROOT / "data" / "support" / "train.jsonl"
+# Llama 3's pre-tokenizer split: words, numbers in groups of up to 3 digits, punctuation, whitespace.
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer with Llama 3's split rule, special tokens and chat template."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos = "<|begin_of_text|>"
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=END_OF_TURN,
+        pad_token=PAD_TOKEN,
+        model_max_length=TINY["max_position_embeddings"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def pretraining_stream(paragraphs: list[str], tokenizer: PreTrainedTokenizerFast, seed: int) -> list[int]:
+    """Token ids of the corpus: plain paragraphs, and a third of them wrapped as one chat exchange."""
+    rng = random.Random(seed)
+    ids: list[int] = []
+    eos = tokenizer.convert_tokens_to_ids("<|end_of_text|>")
+    for para in paragraphs:
+        sentences = [s.strip() + "." for s in para.split(". ") if s.strip()]
+        if len(sentences) >= 3 and rng.random() < 0.33:
+            cut = rng.randint(1, len(sentences) - 1)
+            messages = [
+                {"role": "user", "content": " ".join(sentences[:cut]).replace("..", ".")},
+                {"role": "assistant", "content": " ".join(sentences[cut:]).replace("..", ".")},
+            ]
+            ids += tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+        else:
+            ids += tokenizer(para)["input_ids"] + [eos]
+    return ids
+
+
+def pretrain(model: LlamaForCausalLM, stream: list[int], steps: int, batch: int, seq: int, lr: float) -> list:
+    """Next-token pretraining on random windows of the stream with AdamW and a cosine schedule."""
+    data = torch.tensor(stream)
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)),
+    )
+    history = []
+    model.train()
+    start = time.time()
+    for step in range(steps):
+        starts = torch.randint(0, len(data) - seq - 1, (batch,), generator=gen)
+        x = torch.stack([data[s : s + seq] for s in starts])
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == steps - 1:
+            history.append({"step": step, "loss": round(loss.item(), 4)})
+            print(f"step {step:5d}  loss {loss.item():.3f}  {time.time() - start:6.0f}s", flush=True)
+    model.eval()
+    return history
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=1200, help="pretraining steps")
+    parser.add_argument("--batch", type=int, default=16, help="sequences per step")
+    parser.add_argument("--seq", type=int, default=128, help="tokens per sequence")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    parser.add_argument("--out", type=Path, default=TINY_MODEL_DIR, help="output folder")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(True)
+    paragraphs = [line.strip() for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    support = [json.loads(line) for line in SUPPORT_TRAIN.read_text(encoding="utf-8").splitlines()]
+    tokenizer = train_tokenizer(
+        paragraphs + [ex["prompt"] for ex in support] + [ex["completion"] for ex in support], TINY["vocab_size"]
+    )
+    stream = pretraining_stream(paragraphs, tokenizer, seed=0)
+    print(f"corpus: {len(paragraphs)} paragraphs, {len(stream):,} tokens")
+
+    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in (END_OF_TURN, "<|end_of_text|>")]
+    config = llama_config(
+        TINY,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=stop_ids,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    history = pretrain(model, stream, args.steps, args.batch, args.seq, args.lr)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
+    )
+
+    tmp = args.out.with_name(args.out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    info = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "corpus_tokens": len(stream),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "torch": torch.__version__,
+        "loss_history": history,
+    }
+    (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(args.out, ignore_errors=True)
+    tmp.rename(args.out)
+    print(f"saved {args.out} ({info['parameters']:,} parameters)")
+
+
+if __name__ == "__main__":
+    main()

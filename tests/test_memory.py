@@ -1,0 +1,203 @@
+"""Tests for helpers/memory.py: byte and parameter counts, the estimate, the MemoryTracker."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from helpers.memory import (
+    QUANT_CONSTANTS_KEY,
+    MemoryTracker,
+    bytes_by_dtype,
+    count_parameters,
+    estimate_training_memory,
+    format_bytes,
+    gradient_bytes,
+    optimizer_state_bytes,
+)
+
+MB = 10**6
+
+
+def small_model() -> nn.Sequential:
+    """Four Linear layers: fp32, bf16, fp32, and a last one whose weight is tied to the first one's."""
+    first = nn.Linear(8, 16)  # 128 + 16 = 144 params, fp32
+    middle = nn.Linear(16, 16).to(torch.bfloat16)  # 256 + 16 = 272 params, bf16
+    third = nn.Linear(16, 8)  # 128 + 8 = 136 params, fp32
+    tied = nn.Linear(8, 16, bias=False)
+    tied.weight = first.weight  # shared: must be counted once
+    model = nn.Sequential(first, middle, third, tied)
+    model.register_buffer("scale", torch.ones(10, dtype=torch.float16))  # 20 bytes
+    return model
+
+
+def test_bytes_by_dtype_counts_each_dtype_and_tied_weights_once():
+    assert bytes_by_dtype(small_model()) == {
+        "float32": (144 + 136) * 4,
+        "bfloat16": 272 * 2,
+        "float16": 10 * 2,
+    }
+
+
+def test_shared_storage_under_two_parameter_objects_is_counted_once():
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False))
+    model[1].weight = nn.Parameter(model[0].weight.data)  # a different Parameter, same memory
+    assert bytes_by_dtype(model) == {"float32": 16 * 4}
+    assert count_parameters(model) == (16, 16)
+
+
+def test_count_parameters_and_gradient_bytes():
+    model = small_model()
+    assert count_parameters(model) == (552, 552)
+    assert gradient_bytes(model) == 280 * 4 + 272 * 2
+
+    for param in model[1].parameters():  # freeze the bf16 layer
+        param.requires_grad_(False)
+    assert count_parameters(model) == (280, 552)
+    assert gradient_bytes(model) == 280 * 4
+
+
+def test_optimizer_state_bytes_after_one_adamw_step():
+    model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 4))  # 144 + 68 = 212 params in 4 tensors
+    optimizer = torch.optim.AdamW(model.parameters())
+    assert optimizer_state_bytes(optimizer) == 0  # state is created lazily on the first step
+    model(torch.randn(3, 8)).sum().backward()
+    optimizer.step()
+
+    # What torch keeps per parameter tensor: two float32 moments and a 0-d float32 'step' counter.
+    for state in optimizer.state.values():
+        assert set(state) == {"step", "exp_avg", "exp_avg_sq"}
+        assert state["step"].dtype == torch.float32 and state["step"].dim() == 0
+    assert optimizer_state_bytes(optimizer) == 2 * 4 * 212 + 4 * 4
+
+
+def test_linear4bit_quantized_on_cpu():
+    bnb = pytest.importorskip("bitsandbytes")
+    layer = bnb.nn.Linear4bit(128, 64, bias=True, quant_type="nf4", compress_statistics=True).to("cpu")
+    assert layer.weight.dtype == torch.uint8  # 64 x 128 values packed two per byte
+
+    counts = bytes_by_dtype(layer)
+    assert counts["4-bit nf4"] == 64 * 128 // 2 == 4096
+    assert counts["float32"] == 64 * 4  # the bias stays a normal tensor
+    # Quantization constants of 8192 values in blocks of 64: 128 uint8 absmax (themselves quantized, since
+    # compress_statistics=True), a 16-entry float32 code, a float32 offset, and the second level:
+    # 1 float32 absmax and a 256-entry float32 code.
+    assert counts[QUANT_CONSTANTS_KEY] == 128 + 16 * 4 + 4 + 4 + 256 * 4
+
+    assert count_parameters(layer) == (64, 64 * 128 + 64)  # the 4-bit weight is frozen
+    assert gradient_bytes(layer) == 64 * 4
+
+    # On CPUs with AVX512-BF16, an inference forward pass repacks the weight; the sizes stay the same.
+    layer.eval()
+    with torch.no_grad():
+        layer(torch.randn(2, 128))
+    assert bytes_by_dtype(layer)["4-bit nf4"] == 4096
+    assert count_parameters(layer) == (64, 64 * 128 + 64)
+
+
+def test_linear4bit_fp4_without_nested_statistics():
+    bnb = pytest.importorskip("bitsandbytes")
+    layer = bnb.nn.Linear4bit(128, 64, bias=False, quant_type="fp4", compress_statistics=False).to("cpu")
+    assert bytes_by_dtype(layer) == {"4-bit fp4": 4096, QUANT_CONSTANTS_KEY: 128 * 4 + 16 * 4}
+
+
+ESTIMATE_ARGS = dict(
+    total_params=1000,
+    trainable_params=100,
+    weight_bytes=4000,
+    batch_size=2,
+    seq_len=4,
+    hidden_size=8,
+    num_layers=3,
+    intermediate_size=16,
+    vocab_size=10,
+    num_heads=2,
+    activation_bytes=2,
+)
+
+
+def test_estimate_training_memory_arithmetic():
+    per_layer = 2 * 4 * (10 * 8 + 4 * 16 + 2 * 4) * 2  # 2432
+    logits = 2 * 4 * 10 * (2 + 8)  # 800
+    estimate = estimate_training_memory(**ESTIMATE_ARGS)
+    assert estimate == {
+        "weights": 4000,
+        "gradients": 100 * 4,
+        "optimizer_states": 100 * 8,
+        "activations": 3 * per_layer + logits,
+        "total": 4000 + 400 + 800 + 3 * per_layer + logits,
+    }
+
+    checkpointed = estimate_training_memory(**ESTIMATE_ARGS, gradient_checkpointing=True)
+    assert checkpointed["activations"] == 3 * (2 * 4 * 8 * 2) + per_layer + logits
+
+    assert estimate_training_memory(**ESTIMATE_ARGS, optimizer="paged_adamw_8bit")["optimizer_states"] == 200
+    assert estimate_training_memory(**ESTIMATE_ARGS, optimizer="adamw_8bit")["optimizer_states"] == 200
+    assert estimate_training_memory(**ESTIMATE_ARGS, optimizer="sgd")["optimizer_states"] == 0
+    assert estimate_training_memory(**ESTIMATE_ARGS, grad_bytes_per_param=2)["gradients"] == 200
+
+
+def test_estimate_training_memory_refuses_bad_input():
+    with pytest.raises(ValueError, match="Unknown optimizer 'adam'"):
+        estimate_training_memory(**ESTIMATE_ARGS, optimizer="adam")
+    with pytest.raises(ValueError, match="pass them by name"):
+        estimate_training_memory(**{**ESTIMATE_ARGS, "total_params": 10})
+
+
+def test_format_bytes():
+    assert format_bytes(0) == "0 B"
+    assert format_bytes(1023) == "1023 B"
+    assert format_bytes(1536) == "1.50 KiB"
+    assert format_bytes(5 * 2**20) == "5.00 MiB"
+    assert format_bytes(int(1.5 * 2**30)) == "1.50 GiB"
+    assert format_bytes(150 * 2**30) == "150.0 GiB"
+
+
+def _tracker_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("MemoryTracker")]
+
+
+def test_memory_tracker_cpu_sees_a_200_mb_tensor_freed_inside_the_phase():
+    tracker = MemoryTracker("cpu")
+    with tracker.phase("allocate"):
+        big = torch.ones(50_000_000)  # 200 MB, written so the pages are resident
+        time.sleep(0.15)  # several 20 ms samples
+        del big
+    result = tracker.results["allocate"]
+    assert result["measured"] == "process RSS (psutil)"
+    assert result["peak_bytes"] - result["start_bytes"] > 190 * MB
+    assert result["peak_bytes"] - result["end_bytes"] > 100 * MB  # freed before the phase ended
+    assert not _tracker_threads()
+
+
+def test_memory_tracker_keeps_the_measurement_when_the_phase_raises():
+    tracker = MemoryTracker("cpu")
+    with pytest.raises(RuntimeError, match="out of patience"):
+        with tracker.phase("crash"):
+            big = torch.ones(50_000_000)
+            time.sleep(0.1)
+            raise RuntimeError("out of patience")
+    del big
+    result = tracker.results["crash"]
+    assert result["peak_bytes"] - result["start_bytes"] > 190 * MB
+    assert not _tracker_threads()
+
+
+def test_memory_tracker_record_and_table():
+    tracker = MemoryTracker("cpu")
+    with tracker.phase("load"):
+        pass
+    tracker.record("load", weights={"float32": 2048}, gradients=1024)
+    tracker.record("estimate", total=3 * 2**30)
+    assert tracker.results["load"]["gradients"] == 1024
+    table = tracker.table()
+    assert "load" in table and "process RSS (psutil)" in table
+    assert "weights: float32 2.00 KiB" in table
+    assert "gradients: 1.00 KiB" in table
+    assert "total: 3.00 GiB" in table
+    with pytest.raises(ValueError, match="'cuda', 'mps' or 'cpu'"):
+        MemoryTracker("gpu")
