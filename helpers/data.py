@@ -390,13 +390,21 @@ def validate_examples(ds: Dataset, source_name: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-def to_conversational(ds: Dataset | DatasetDict, system_prompt: str | None = None) -> Dataset | DatasetDict:
-    """Turn prompt/completion strings into TRL's conversational prompt-completion format."""
+def to_conversational(
+    ds: Dataset | DatasetDict, system_prompt: str | None = None, chat_template_kwargs: dict | None = None
+) -> Dataset | DatasetDict:
+    """Turn prompt/completion strings into TRL's conversational prompt-completion format.
+
+    chat_template_kwargs (e.g. {"date_string": "26 Jul 2024"}) is stored per example; TRL passes it to the template.
+    """
 
     def convert(example: dict) -> dict:
         prompt = [{"role": "system", "content": system_prompt}] if system_prompt else []
         prompt.append({"role": "user", "content": example["prompt"]})
-        return {"prompt": prompt, "completion": [{"role": "assistant", "content": example["completion"]}]}
+        row = {"prompt": prompt, "completion": [{"role": "assistant", "content": example["completion"]}]}
+        if chat_template_kwargs:
+            row["chat_template_kwargs"] = dict(chat_template_kwargs)
+        return row
 
     return ds.map(convert, remove_columns=["prompt", "completion"])
 

@@ -98,6 +98,7 @@ class ModelChoice:
 
     profile: str
     path: str
+    name: str
     description: str
     accuracy_means_something: bool
 
@@ -121,7 +122,7 @@ def choose_model(profile: str, model_id: str | None = None) -> ModelChoice:
     """Return where to load the model of a profile from, building the local ones on first use."""
     if profile == "llama-3.2-1b":
         hub_id = os.environ.get(MODEL_ID_ENV_VAR) or model_id or DEFAULT_HUB_ID
-        return ModelChoice(profile, hub_id, f"{hub_id} from the Hugging Face hub (pretrained weights)", True)
+        return ModelChoice(profile, hub_id, hub_id, f"{hub_id} from the Hugging Face hub (pretrained weights)", True)
     if profile == "tiny":
         if not (TINY_MODEL_DIR / "model.safetensors").exists():
             raise FileNotFoundError(
@@ -130,6 +131,7 @@ def choose_model(profile: str, model_id: str | None = None) -> ModelChoice:
         return ModelChoice(
             profile,
             str(TINY_MODEL_DIR),
+            "tiny-llama-support (local)",
             "tiny Llama (4 M parameters, same architecture family), briefly pretrained on this course's text",
             True,
         )
@@ -140,6 +142,7 @@ def choose_model(profile: str, model_id: str | None = None) -> ModelChoice:
         return ModelChoice(
             profile,
             str(path),
+            "llama-3.2-1b-random (local)",
             "Llama 3.2 1B architecture with RANDOM weights: real memory and speed, meaningless accuracy",
             False,
         )

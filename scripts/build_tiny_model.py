@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import random
+import re
 import shutil
 import sys
 import time
@@ -39,6 +40,7 @@ from helpers.models import (  # noqa: E402
 
 CORPUS = ROOT / "data" / "pretrain" / "corpus.txt"
 SUPPORT_TRAIN = ROOT / "data" / "support" / "train.jsonl"
+RECAPS = ["In short:", "To repeat:", "The note again:", "Once more, for the record:"]
 # Llama 3's pre-tokenizer split: words, numbers in groups of up to 3 digits, punctuation, whitespace.
 LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
@@ -51,6 +53,8 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
+            # Llama 3 groups digits in threes; one token per digit lets a 4 M-parameter model learn to copy numbers.
+            pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
@@ -78,18 +82,34 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return fast
 
 
-def pretraining_stream(paragraphs: list[str], tokenizer: PreTrainedTokenizerFast, seed: int) -> list[int]:
-    """Token ids of the corpus: plain paragraphs, and a third of them wrapped as one chat exchange."""
+def fresh_numbers(paragraph: str, rng: random.Random) -> str:
+    """Replace each distinct 5-digit number by a new random one, consistently within the paragraph."""
+    mapping: dict[str, str] = {}
+    return re.sub(r"\d{5}", lambda m: mapping.setdefault(m.group(), str(rng.randint(10000, 99999))), paragraph)
+
+
+def pretraining_stream(paragraphs: list[str], tokenizer: PreTrainedTokenizerFast, seed: int, passes: int) -> list[int]:
+    """Token ids of several passes over the corpus: plain paragraphs, a third wrapped as one chat exchange.
+
+    Each pass draws new order numbers, so the model cannot memorise them: to predict a repeated number it has
+    to copy it from earlier in the text, the skill extraction needs.
+    """
     rng = random.Random(seed)
     ids: list[int] = []
     eos = tokenizer.convert_tokens_to_ids("<|end_of_text|>")
-    for para in paragraphs:
-        sentences = [s.strip() + "." for s in para.split(". ") if s.strip()]
+    for para in (fresh_numbers(p, rng) for _ in range(passes) for p in paragraphs):
+        sentences = [s.strip().rstrip(".") + "." for s in para.split(". ") if s.strip()]
+        if len(sentences) >= 3 and rng.random() < 0.3:
+            # A verbatim recap of an earlier sentence teaches the model to copy from its context (induction).
+            with_details = [s for s in sentences[:-1] if any(ch.isdigit() for ch in s)] or sentences[:-1]
+            recap = rng.choice(with_details)
+            para = f"{para} {rng.choice(RECAPS)} {recap}"
+            sentences.append(recap)
         if len(sentences) >= 3 and rng.random() < 0.33:
             cut = rng.randint(1, len(sentences) - 1)
             messages = [
-                {"role": "user", "content": " ".join(sentences[:cut]).replace("..", ".")},
-                {"role": "assistant", "content": " ".join(sentences[cut:]).replace("..", ".")},
+                {"role": "user", "content": " ".join(sentences[:cut])},
+                {"role": "assistant", "content": " ".join(sentences[cut:])},
             ]
             ids += tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
         else:
@@ -128,7 +148,8 @@ def pretrain(model: LlamaForCausalLM, stream: list[int], steps: int, batch: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1200, help="pretraining steps")
+    parser.add_argument("--steps", type=int, default=1400, help="pretraining steps")
+    parser.add_argument("--passes", type=int, default=6, help="passes over the corpus, each with new numbers")
     parser.add_argument("--batch", type=int, default=16, help="sequences per step")
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
@@ -142,7 +163,7 @@ def main() -> None:
     tokenizer = train_tokenizer(
         paragraphs + [ex["prompt"] for ex in support] + [ex["completion"] for ex in support], TINY["vocab_size"]
     )
-    stream = pretraining_stream(paragraphs, tokenizer, seed=0)
+    stream = pretraining_stream(paragraphs, tokenizer, seed=0, passes=args.passes)
     print(f"corpus: {len(paragraphs)} paragraphs, {len(stream):,} tokens")
 
     stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in (END_OF_TURN, "<|end_of_text|>")]

@@ -61,11 +61,11 @@ def main(argv: list[str]) -> int:
     paths = [Path(a).resolve() for a in argv] or [ROOT / "notebooks" / n for n in NOTEBOOKS]
     paths = [p for p in paths if p.exists()]
     for path in paths:
-        print(f"Running {path.relative_to(ROOT)} ...", flush=True)
+        print(f"Running {path} ...", flush=True)
         try:
             seconds = run_notebook(path)
         except CellExecutionError as err:
-            print(f"FAILED: {path.relative_to(ROOT)} stopped with an error; the saved notebook was left as it was.")
+            print(f"FAILED: {path} stopped with an error; the saved notebook was left as it was.")
             print(str(err)[-3000:])
             return 1
         print(f"  done in {seconds:.0f} s, outputs saved in the notebook", flush=True)
