@@ -1,12 +1,14 @@
 """Build the `tiny` profile's model: a Llama-3-style tokenizer and a 4 M-parameter Llama, briefly pretrained.
 
-Run from the repository root:  python scripts/build_tiny_model.py [--steps 1200]
+Run from the repository root:  python scripts/build_tiny_model.py [--steps 1400]
 It writes models/tiny-llama-support/ (weights, config, tokenizer, build_info.json). Deterministic for a given
 machine and torch version; the result is checked in so that CI and learners never need to rebuild it.
 
 The pretraining text is data/pretrain/corpus.txt: general prose in the support domain's language, not the
-task's reply format. About a third of its paragraphs are wrapped as user/assistant chat turns, so the model
-knows the chat template's special tokens (like an Instruct model) before any fine-tuning.
+task's reply format, read in several passes with fresh order numbers each time, plus short warehouse-log lines
+that repeat a list (so the model learns to copy from its context). About a third of the paragraphs are wrapped
+as user/assistant chat turns, so the model knows the chat template's special tokens (like an Instruct model)
+before any fine-tuning.
 """
 
 from __future__ import annotations
@@ -88,11 +90,44 @@ def fresh_numbers(paragraph: str, rng: random.Random) -> str:
     return re.sub(r"\d{5}", lambda m: mapping.setdefault(m.group(), str(rng.randint(10000, 99999))), paragraph)
 
 
-def pretraining_stream(paragraphs: list[str], tokenizer: PreTrainedTokenizerFast, seed: int, passes: int) -> list[int]:
+DRILLS = [
+    ("Tracking numbers on today's van: {a}. Scanned at the door: {a}.", "numbers"),
+    ("Orders packed this morning: {a}. Orders checked by the second shift: {a}.", "numbers"),
+    ("Returns waiting on shelf B: {a}. Returns logged in the system: {a}.", "products"),
+    ("The picking list said {a}. The packer double-checked {a}.", "products"),
+    ("Support tickets closed today were tagged {a}. The weekly report counts {a}.", "tags"),
+]
+
+
+def copy_drill(rng: random.Random, products: list[str], tags: list[str]) -> str:
+    """A warehouse-log sentence that repeats a random list: only copying from context predicts the repeat.
+
+    The "tags" drills also give the support team's ticket tags (e.g. shipping_delay) trained embeddings, as a
+    real pretrained model has for any string it may be asked to write.
+    """
+    template, kind = rng.choice(DRILLS)
+    if kind == "numbers":
+        items = [str(rng.randint(10000, 99999)) for _ in range(rng.randint(2, 5))]
+    elif kind == "tags":
+        items = rng.sample(tags, rng.randint(1, 3))
+    else:
+        items = rng.sample(products, rng.randint(1, 3))
+    return template.format(a=", ".join(items))
+
+
+def pretraining_stream(
+    paragraphs: list[str],
+    products: list[str],
+    tags: list[str],
+    tokenizer: PreTrainedTokenizerFast,
+    seed: int,
+    passes: int,
+) -> list[int]:
     """Token ids of several passes over the corpus: plain paragraphs, a third wrapped as one chat exchange.
 
     Each pass draws new order numbers, so the model cannot memorise them: to predict a repeated number it has
-    to copy it from earlier in the text, the skill extraction needs.
+    to copy it from earlier in the text, the skill extraction needs. Short warehouse-log "drills" that repeat a
+    random list make that copying signal dense enough for a short CPU pretraining run.
     """
     rng = random.Random(seed)
     ids: list[int] = []
@@ -114,6 +149,8 @@ def pretraining_stream(paragraphs: list[str], tokenizer: PreTrainedTokenizerFast
             ids += tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
         else:
             ids += tokenizer(para)["input_ids"] + [eos]
+        if rng.random() < 0.5:
+            ids += tokenizer(copy_drill(rng, products, tags))["input_ids"] + [eos]
     return ids
 
 
@@ -163,7 +200,9 @@ def main() -> None:
     tokenizer = train_tokenizer(
         paragraphs + [ex["prompt"] for ex in support] + [ex["completion"] for ex in support], TINY["vocab_size"]
     )
-    stream = pretraining_stream(paragraphs, tokenizer, seed=0, passes=args.passes)
+    products = sorted({ex["product"] for ex in support if ex["product"]})
+    tags = sorted({ex["category"] for ex in support})
+    stream = pretraining_stream(paragraphs, products, tags, tokenizer, seed=0, passes=args.passes)
     print(f"corpus: {len(paragraphs)} paragraphs, {len(stream):,} tokens")
 
     stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in (END_OF_TURN, "<|end_of_text|>")]
