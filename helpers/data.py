@@ -420,9 +420,13 @@ def as_messages(prompt: str | list, completion: str | list) -> list[dict]:
 def token_lengths(ds: Dataset, tokenizer, batch_size: int = 256) -> list[int]:
     """Token count of each example after the tokenizer's chat template (prompt + completion)."""
     conversations = [as_messages(p, c) for p, c in zip(ds["prompt"], ds["completion"], strict=True)]
+    # the same template arguments TRL will use (e.g. a pinned date_string), so lengths match training
+    template_kwargs = ds[0]["chat_template_kwargs"] if "chat_template_kwargs" in ds.column_names else {}
     lengths = []
     for start in range(0, len(conversations), batch_size):
-        encoded = tokenizer.apply_chat_template(conversations[start : start + batch_size], tokenize=True)
+        encoded = tokenizer.apply_chat_template(
+            conversations[start : start + batch_size], tokenize=True, **(template_kwargs or {})
+        )
         # transformers 5 returns a BatchEncoding (a dict) by default; older versions return the ids.
         ids = encoded["input_ids"] if isinstance(encoded, Mapping) else encoded
         lengths.extend(len(row) for row in ids)

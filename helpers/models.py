@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
 
+from helpers.artifacts import save_dir_atomic
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL_DIR = REPO_ROOT / "models" / "tiny-llama-support"
 CACHE_DIR = Path(os.environ.get("COURSE_CACHE_DIR", Path.home() / ".cache" / "llama-finetuning-course"))
@@ -162,11 +164,7 @@ def build_random_llama_1b(path: Path) -> Path:
     config = llama_config(LLAMA_3_2_1B, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
-    tmp = path.with_name(path.name + ".partial")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(path)
-    return path
+    return save_dir_atomic(path, lambda folder: (model.save_pretrained(folder), tokenizer.save_pretrained(folder)))
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:

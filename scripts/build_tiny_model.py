@@ -18,7 +18,6 @@ import json
 import math
 import random
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedTokenizer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from helpers.artifacts import save_dir_atomic  # noqa: E402
 from helpers.models import (  # noqa: E402
     CHAT_TEMPLATE,
     END_OF_TURN,
@@ -218,10 +218,6 @@ def main() -> None:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
     )
 
-    tmp = args.out.with_name(args.out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
     info = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "corpus_tokens": len(stream),
@@ -229,9 +225,13 @@ def main() -> None:
         "torch": torch.__version__,
         "loss_history": history,
     }
-    (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    shutil.rmtree(args.out, ignore_errors=True)
-    tmp.rename(args.out)
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    save_dir_atomic(args.out, save)
     print(f"saved {args.out} ({info['parameters']:,} parameters)")
 
 
