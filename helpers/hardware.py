@@ -141,3 +141,46 @@ def _cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "CPU"
+
+
+def check_bitsandbytes(device_type: str) -> str:
+    """Check that bitsandbytes can round-trip a 4-bit NF4 tensor on this device; return its version or raise."""
+    fallback = "Or use the LoRA notebook (02_lora.ipynb), which needs no bitsandbytes."
+    try:
+        import bitsandbytes
+        from bitsandbytes import functional
+    except ImportError as err:
+        raise ImportError(
+            f"QLoRA needs bitsandbytes, which could not be imported ({err}). Install the course's pin: "
+            "pip install bitsandbytes==0.50.2, then restart the kernel. " + fallback
+        ) from err
+    try:
+        probe = torch.linspace(-1, 1, 128, device=device_type).reshape(2, 64)
+        packed, state = functional.quantize_4bit(probe, quant_type="nf4")
+        functional.dequantize_4bit(packed, state, quant_type="nf4")
+    except Exception as err:
+        raise RuntimeError(
+            f"bitsandbytes {bitsandbytes.__version__} cannot quantize to 4-bit on '{device_type}' "
+            f"({type(err).__name__}: {err}). 4-bit works on CUDA GPUs (e.g. Colab's free T4) and, since "
+            "bitsandbytes 0.49, on CPU: pip install bitsandbytes==0.50.2 and restart the kernel, or run on CPU "
+            "with COURSE_PROFILE=tiny. " + fallback
+        ) from err
+    return bitsandbytes.__version__
+
+
+def keep_4bit_layers_trainable(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes' CPU inference repacking of 4-bit weights, which breaks backprop; return layers changed.
+
+    bitsandbytes 0.50 on CPUs with AVX512-BF16 repacks a Linear4bit's weight into an inference-only layout at
+    its first forward pass without gradients (e.g. an evaluation before training). Afterwards its matmul has no
+    backward: gradients stop at every 4-bit layer, so the LoRA matrices below the last layer never learn
+    (PyTorch only warns "bitsandbytes::gemv_4bit: an autograd kernel was not registered"). No effect on GPUs.
+    """
+    import bitsandbytes
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, bitsandbytes.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed

@@ -11,12 +11,14 @@ import torch
 
 QUANT_CONSTANTS_KEY = "4-bit quant. constants"
 
-# Optimizer state bytes per trainable parameter. AdamW keeps two float32 moments (2 x 4 bytes);
-# the 8-bit bitsandbytes versions keep them in 1 byte each (plus a small per-block scale we ignore).
-OPTIMIZER_BYTES_PER_PARAM = {
-    "adamw": 8,
-    "adamw_torch": 8,
-    "adamw_torch_fused": 8,
+# Optimizer state bytes per trainable parameter. PyTorch's AdamW keeps two moments in the parameter's
+# own dtype (2 x 4 bytes for float32 weights, 2 x 2 for bfloat16): None below means "2 x that dtype".
+# bitsandbytes' 32-bit versions always keep float32 moments; its 8-bit versions keep 1 byte each
+# (plus a small per-block scale we ignore).
+OPTIMIZER_BYTES_PER_PARAM: dict[str, int | None] = {
+    "adamw": None,
+    "adamw_torch": None,
+    "adamw_torch_fused": None,
     "paged_adamw_32bit": 8,
     "adamw_8bit": 2,
     "adamw_bnb_8bit": 2,
@@ -48,8 +50,9 @@ def _unique_tensors(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     seen = set()
     unique = []
     for tensor in tensors:
-        key = (str(tensor.device), tensor.data_ptr(), tensor.nbytes)
-        if tensor.data_ptr() != 0 and key in seen:  # data_ptr 0: empty or meta tensor, nothing to share
+        # A meta tensor (or an empty one) has no memory address: the same object is the same tensor.
+        key = (str(tensor.device), tensor.data_ptr(), tensor.nbytes) if tensor.data_ptr() != 0 else id(tensor)
+        if key in seen:
             continue
         seen.add(key)
         unique.append(tensor)
@@ -140,9 +143,10 @@ def estimate_training_memory(
     """Rough analytic estimate of training memory in bytes: weights, gradients, optimizer states, activations.
 
     weights:          weight_bytes, as given (e.g. sum(bytes_by_dtype(model).values())).
-    gradients:        trainable_params * grad_bytes_per_param.
+    gradients:        trainable_params * grad_bytes_per_param (gradients have the trainable weights' dtype).
     optimizer_states: trainable_params * OPTIMIZER_BYTES_PER_PARAM[optimizer]
-                      (adamw 8, the 8-bit AdamWs 2, sgd 0).
+                      (PyTorch's adamw: 2 * grad_bytes_per_param, so 8 for float32 weights and 4 for
+                      bfloat16 ones; paged_adamw_32bit 8; the 8-bit AdamWs 2; sgd 0).
     activations:      what autograd keeps for the backward pass, for one micro-batch. Per decoder layer:
 
                           batch * seq * (10 * hidden + 4 * intermediate + heads * seq) * activation_bytes
@@ -164,6 +168,7 @@ def estimate_training_memory(
     Not counted: the CUDA context (~0.3-0.5 GiB), allocator fragmentation, LoRA's small extra
     activations, temporary buffers inside kernels. Expect measured peaks to be somewhat higher.
     """
+    optimizer = getattr(optimizer, "value", optimizer)  # accept TrainingArguments.optim (an enum) too
     if optimizer not in OPTIMIZER_BYTES_PER_PARAM:
         raise ValueError(f"Unknown optimizer {optimizer!r}: use one of {sorted(OPTIMIZER_BYTES_PER_PARAM)}.")
     if trainable_params > total_params:
@@ -172,6 +177,9 @@ def estimate_training_memory(
             "count_parameters() returns (trainable, total) while this function takes total first: "
             "pass them by name: total_params=..., trainable_params=..."
         )
+    state_bytes = OPTIMIZER_BYTES_PER_PARAM[optimizer]
+    if state_bytes is None:  # PyTorch AdamW: two moments in the weights' dtype
+        state_bytes = 2 * grad_bytes_per_param
     tokens = batch_size * seq_len
     per_layer = tokens * (10 * hidden_size + 4 * intermediate_size + num_heads * seq_len) * activation_bytes
     logits = tokens * vocab_size * (activation_bytes + 8)
@@ -184,11 +192,65 @@ def estimate_training_memory(
     estimate = {
         "weights": int(weight_bytes),
         "gradients": trainable_params * grad_bytes_per_param,
-        "optimizer_states": trainable_params * OPTIMIZER_BYTES_PER_PARAM[optimizer],
+        "optimizer_states": trainable_params * state_bytes,
         "activations": activations,
     }
     estimate["total"] = sum(estimate.values())
     return estimate
+
+
+def estimate_weight_bytes(
+    model: torch.nn.Module,
+    *,
+    dtype_bytes: int = 2,
+    quantize_linear: bool = False,
+    blocksize: int = 64,
+    double_quant: bool = True,
+) -> dict[str, int]:
+    """Bytes the weights take in a dtype of dtype_bytes, optionally with the linear layers in 4-bit NF4.
+
+    Works on a model built on the meta device (nothing allocated). As transformers does with a
+    BitsAndBytesConfig, only nn.Linear layers are quantized, never the output layer (lm_head, tied to the
+    embedding in Llama 3.2) nor the embedding and norms. A 4-bit matrix of n values takes n / 2 bytes
+    plus its constants: one scale per block of `blocksize` values (float32, or 1 byte with double
+    quantization, which adds a float32 scale per 256 blocks and a 256-entry code book) and the NF4 code book.
+    """
+    linear, other, constants = 0, 0, 0
+    modules = dict(model.named_modules())
+    for name, param in model.named_parameters():  # tied weights are listed once
+        module_name = name.rpartition(".")[0]
+        n = param.numel()
+        is_linear = isinstance(modules.get(module_name), torch.nn.Linear) and not module_name.endswith("lm_head")
+        if quantize_linear and is_linear:
+            linear += (n + 1) // 2
+            blocks = -(-n // blocksize)
+            if double_quant:
+                constants += blocks + 4 * -(-blocks // 256) + 4 * 256 + 4  # uint8 scales, their scales, code, offset
+            else:
+                constants += 4 * blocks
+            constants += 4 * 16  # the 16 NF4 levels
+        else:
+            other += n * dtype_bytes
+    parts = {f"{8 * dtype_bytes}-bit (embeddings, norms{', linear' if not quantize_linear else ''})": other}
+    if quantize_linear:
+        parts["4-bit nf4 (linear layers)"] = linear
+        parts[QUANT_CONSTANTS_KEY] = constants
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def fit_verdict(
+    estimate: dict[str, int], capacity_bytes: int, *, where: str, reserve_bytes: int = 0, margin: float = 0.1
+) -> tuple[bool, str]:
+    """Whether an estimate (with a "total") fits in capacity_bytes, keeping a margin; (fits, a sentence why)."""
+    usable = int(capacity_bytes * (1 - margin)) - reserve_bytes
+    parts = sorted(((k, v) for k, v in estimate.items() if k != "total"), key=lambda kv: -kv[1])
+    largest = ", ".join(f"{k} {format_bytes(v)}" for k, v in parts[:2])
+    need = f"needs about {format_bytes(estimate['total'])} (largest: {largest})"
+    room = f"{format_bytes(usable)} usable of {format_bytes(capacity_bytes)}"
+    if estimate["total"] <= usable:
+        return True, f"fits on {where}: {need}; {room}."
+    return False, f"does not fit on {where}: {need}; only {room}."
 
 
 class MemoryTracker:

@@ -43,6 +43,39 @@ LLAMA_3_2_1B = {
     },
 }
 
+# Larger models, for memory estimates only (built on the meta device, never downloaded). Shapes as published
+# in each model's config.json; only the fields that decide parameter counts and activation sizes.
+LLAMA_3_2_3B = {
+    "vocab_size": 128256,
+    "hidden_size": 3072,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 24,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "tie_word_embeddings": True,
+}
+LLAMA_3_1_8B = {
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "tie_word_embeddings": False,  # a separate output layer
+}
+LLAMA_2_7B = {  # the "7B" of most LoRA tutorials: no grouped-query attention, a 32k vocabulary
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "head_dim": 128,
+    "tie_word_embeddings": False,
+}
+
 # The same family at a few million parameters: GQA, llama3 RoPE scaling, tied embeddings.
 TINY = {
     "vocab_size": 4096,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -30,6 +31,7 @@ RESULT_KEYS = (
     "accuracy_after",
     "artifact_bytes",  # size of what you would ship: the full model, or the adapter
     "loss_history",  # [{"step": 10, "loss": 2.31}, ...]
+    "notebook_fingerprint",  # notebook_fingerprint() of the notebook that wrote the file
     "created_at",  # UTC, ISO 8601
 )
 
@@ -90,12 +92,11 @@ def save_results(path: str | Path, **fields: object) -> Path:
     return write_json_atomic(path, fields)
 
 
-def load_results(path: str | Path) -> dict:
+def load_results(path: str | Path, produced_by: str | None = None) -> dict:
     """Read a results file written by save_results(), with a clear message when it is missing or broken."""
     path = Path(path)
-    how_to_fix = (
-        f"Run the notebook that produces {path.name} to the end (its last cell saves it), then retry."
-    )
+    notebook = produced_by or f"the notebook that produces {path.name}"
+    how_to_fix = f"Run {notebook} to the end (its last cell saves it), then retry."
     if not path.exists():
         raise FileNotFoundError(f"No results file at {path}. {how_to_fix}")
     try:
@@ -108,6 +109,13 @@ def load_results(path: str | Path) -> dict:
     if missing:
         raise ValueError(f"Results file {path} lacks {', '.join(missing)} (an older format?). {how_to_fix}")
     return results
+
+
+def notebook_fingerprint(path: str | Path) -> str:
+    """A short hash of a notebook's code cells: it changes when the code changes, not when outputs do."""
+    cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    code = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    return hashlib.sha256(code.encode("utf-8")).hexdigest()[:16]
 
 
 def dir_size_bytes(path: str | Path) -> int:

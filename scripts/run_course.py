@@ -1,4 +1,4 @@
-"""Run the course headless: execute every notebook in order, in place, and say where the results are.
+"""Run the course headless: execute every notebook in order, in place, and print the comparison table.
 
 Usage (from the repository root; `make course` does this inside .venv):
     python scripts/run_course.py [notebooks/02_lora.ipynb ...]
@@ -9,7 +9,6 @@ replaces a good notebook; the error and the cell that raised it are printed inst
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -40,21 +39,17 @@ def run_notebook(path: Path) -> float:
     return time.time() - start
 
 
-def print_results(results_dir: Path) -> None:
-    """Print one line per results file found."""
-    files = sorted(results_dir.glob("*.json"))
-    if not files:
-        print(f"No results in {results_dir}.")
-        return
-    print(f"\nResults in {results_dir}:")
-    for f in files:
-        r = json.loads(f.read_text())
-        acc_b, acc_a = r.get("accuracy_before"), r.get("accuracy_after")
-        print(
-            f"  {f.name:12s} {r.get('method', '?'):6s} profile={r.get('profile')} device={r.get('device')} "
-            f"accuracy {acc_b:.3f} -> {acc_a:.3f}  eval loss {r.get('eval_loss'):.3f}  "
-            f"{r.get('train_tokens_per_second') or float('nan'):.0f} tokens/s"
-        )
+def print_comparison(results_dir: Path) -> None:
+    """Print the comparison table of notebook 4, and any missing, stale or mixed results."""
+    sys.path.insert(0, str(ROOT))
+    from helpers.compare import comparison_rows, format_rows, load_all
+
+    found, problems = load_all(results_dir, ROOT / "notebooks")
+    print(f"\nComparison of the results in {results_dir}:")
+    for problem in problems:
+        print(f"  NOTE {problem}")
+    if found:
+        print(format_rows(comparison_rows(found)))
 
 
 def main(argv: list[str]) -> int:
@@ -69,7 +64,7 @@ def main(argv: list[str]) -> int:
             print(str(err)[-3000:])
             return 1
         print(f"  done in {seconds:.0f} s, outputs saved in the notebook", flush=True)
-    print_results(Path(os.environ.get("COURSE_RESULTS_DIR", ROOT / "results")))
+    print_comparison(Path(os.environ.get("COURSE_RESULTS_DIR") or ROOT / "results"))
     return 0
 
 

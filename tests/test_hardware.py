@@ -99,3 +99,83 @@ def test_package_versions():
     assert re.match(r"\d+\.\d+", versions["python"])
     assert versions["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert all(isinstance(v, str) and v for v in versions.values())
+
+
+def test_check_bitsandbytes_round_trips_on_cpu():
+    from helpers.hardware import check_bitsandbytes
+
+    assert check_bitsandbytes("cpu") == "0.50.2"
+
+
+def test_check_bitsandbytes_names_the_fix_when_it_cannot_run(monkeypatch):
+    from bitsandbytes import functional
+
+    from helpers.hardware import check_bitsandbytes
+
+    def broken(*args, **kwargs):
+        raise NotImplementedError("no kernel for this device")
+
+    monkeypatch.setattr(functional, "quantize_4bit", broken)
+    with pytest.raises(RuntimeError) as err:
+        check_bitsandbytes("cpu")
+    message = str(err.value)
+    assert "cannot quantize to 4-bit on 'cpu' (NotImplementedError: no kernel for this device)" in message
+    assert "pip install bitsandbytes==0.50.2" in message and "02_lora.ipynb" in message
+
+
+def test_check_bitsandbytes_missing_package(monkeypatch):
+    import builtins
+
+    from helpers.hardware import check_bitsandbytes
+
+    real_import = builtins.__import__
+
+    def no_bnb(name, *args, **kwargs):
+        if name.startswith("bitsandbytes"):
+            raise ImportError("No module named 'bitsandbytes'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_bnb)
+    with pytest.raises(ImportError, match=r"QLoRA needs bitsandbytes.*pip install bitsandbytes==0\.50\.2"):
+        check_bitsandbytes("cpu")
+
+
+def _lora_grads(evaluate_first: bool, fix: bool) -> torch.Tensor:
+    """4-bit tiny model (+ one no-grad evaluation if asked) + LoRA: all LoRA gradients of one backward pass."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from helpers.hardware import keep_4bit_layers_trainable
+    from helpers.models import TINY_MODEL_DIR
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, quantization_config=config, dtype=torch.float32)
+    if fix:
+        keep_4bit_layers_trainable(model)
+    ids = torch.randint(10, 4000, (2, 16), generator=torch.Generator().manual_seed(0))
+    if evaluate_first:
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=ids)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    peft_model.train()
+    peft_model(input_ids=ids, labels=ids).loss.backward()
+    return torch.cat([p.grad.flatten() for p in peft_model.parameters() if p.requires_grad])
+
+
+def test_4bit_layers_stay_trainable_after_an_evaluation():
+    reference = _lora_grads(evaluate_first=False, fix=False)
+    assert torch.allclose(_lora_grads(evaluate_first=True, fix=True), reference, atol=1e-6)
+
+
+def test_the_upstream_repacking_bug_is_still_there_or_the_workaround_can_go():
+    from bitsandbytes.functional import has_avx512bf16
+
+    if not has_avx512bf16():
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes never repacks here")
+    reference = _lora_grads(evaluate_first=False, fix=False)
+    broken = _lora_grads(evaluate_first=True, fix=False)
+    assert not torch.allclose(broken, reference, atol=1e-3), (
+        "bitsandbytes no longer breaks backprop after an evaluation: keep_4bit_layers_trainable may be removed"
+    )

@@ -15,6 +15,8 @@ from helpers.memory import (
     bytes_by_dtype,
     count_parameters,
     estimate_training_memory,
+    estimate_weight_bytes,
+    fit_verdict,
     format_bytes,
     gradient_bytes,
     optimizer_state_bytes,
@@ -138,7 +140,44 @@ def test_estimate_training_memory_arithmetic():
     assert estimate_training_memory(**ESTIMATE_ARGS, optimizer="paged_adamw_8bit")["optimizer_states"] == 200
     assert estimate_training_memory(**ESTIMATE_ARGS, optimizer="adamw_8bit")["optimizer_states"] == 200
     assert estimate_training_memory(**ESTIMATE_ARGS, optimizer="sgd")["optimizer_states"] == 0
-    assert estimate_training_memory(**ESTIMATE_ARGS, grad_bytes_per_param=2)["gradients"] == 200
+    bf16 = estimate_training_memory(**ESTIMATE_ARGS, grad_bytes_per_param=2)
+    assert bf16["gradients"] == 200
+    assert bf16["optimizer_states"] == 400, "PyTorch AdamW keeps its moments in the weights' dtype"
+    assert estimate_training_memory(**ESTIMATE_ARGS, grad_bytes_per_param=2, optimizer="paged_adamw_32bit")[
+        "optimizer_states"
+    ] == 800
+
+
+def test_estimate_weight_bytes_matches_bitsandbytes_on_the_tiny_model():
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from helpers.models import TINY_MODEL_DIR
+
+    config = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    quantized = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, quantization_config=config, dtype=torch.float32)
+    measured = bytes_by_dtype(quantized)
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(quantized.config)
+    estimate = estimate_weight_bytes(meta, dtype_bytes=4, quantize_linear=True)
+    assert estimate["4-bit nf4 (linear layers)"] == measured["4-bit nf4"]
+    assert estimate[QUANT_CONSTANTS_KEY] == measured[QUANT_CONSTANTS_KEY]
+    buffers = sum(b.nbytes for b in quantized.buffers())  # rotary frequencies: not weights
+    assert estimate["32-bit (embeddings, norms)"] == measured["float32"] - buffers
+    full = estimate_weight_bytes(meta, dtype_bytes=4)
+    assert full == {"32-bit (embeddings, norms, linear)": 4 * 4_000_000, "total": 4 * 4_000_000}
+
+
+def test_fit_verdict_says_why():
+    estimate = {"weights": 6 * 2**30, "optimizer_states": 8 * 2**30, "activations": 2**30, "total": 15 * 2**30}
+    fits, why = fit_verdict(estimate, 16 * 2**30, where="Tesla T4")
+    assert not fits
+    assert why.startswith("does not fit on Tesla T4: needs about 15.00 GiB")
+    assert "optimizer_states 8.00 GiB, weights 6.00 GiB" in why and "14.40 GiB usable of 16.00 GiB" in why
+    fits, why = fit_verdict(estimate, 80 * 2**30, where="H100", reserve_bytes=2**29)
+    assert fits and why.startswith("fits on H100")
 
 
 def test_estimate_training_memory_refuses_bad_input():
@@ -201,3 +240,13 @@ def test_memory_tracker_record_and_table():
     assert "total: 3.00 GiB" in table
     with pytest.raises(ValueError, match="'cuda', 'mps' or 'cpu'"):
         MemoryTracker("gpu")
+
+
+def test_count_parameters_counts_tied_weights_once_on_the_meta_device():
+    from transformers import AutoModelForCausalLM
+
+    from helpers.models import LLAMA_3_2_1B, llama_config
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(llama_config(LLAMA_3_2_1B))
+    assert count_parameters(model) == (1_235_814_400, 1_235_814_400)

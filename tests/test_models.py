@@ -163,3 +163,16 @@ def test_save_dir_atomic_keeps_the_old_folder_when_saving_fails(tmp_path):
         save_dir_atomic(target, broken)
     assert (target / "weights.bin").read_text() == "good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [("LLAMA_3_2_3B", 3_212_749_824), ("LLAMA_3_1_8B", 8_030_261_248), ("LLAMA_2_7B", 6_738_415_616)],
+)
+def test_published_parameter_counts_on_the_meta_device(spec, expected):
+    """The literal configs reproduce the parameter counts the model cards publish."""
+    from helpers.memory import count_parameters
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(llama_config(getattr(models, spec)))
+    assert count_parameters(model)[1] == expected

@@ -10,9 +10,16 @@ import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+TRAINING = ["01_full_finetuning.ipynb", "02_lora.ipynb", "03_qlora.ipynb"]
 LESSON_CALLS = {
+    "01_full_finetuning.ipynb": ["SFTConfig(", "SFTTrainer(", "save_pretrained(", "pipeline("],
     "02_lora.ipynb": ["LoraConfig(", "get_peft_model(", "SFTConfig(", "SFTTrainer(", "merge_and_unload(", "pipeline("],
+    "03_qlora.ipynb": [
+        "BitsAndBytesConfig(", "prepare_model_for_kbit_training(", "LoraConfig(", "get_peft_model(",
+        "SFTConfig(", "SFTTrainer(", "merge_and_unload(", ".dequantize()", "pipeline(",
+    ],
 }
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def load(path: Path) -> dict:
@@ -30,7 +37,43 @@ def text_of(output: dict) -> str:
 
 
 def test_there_are_notebooks():
-    assert any(p.name == "02_lora.ipynb" for p in ALL)
+    assert set(TRAINING) <= {p.name for p in ALL}
+
+
+def headings(nb: dict) -> list[str]:
+    md = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown"]
+    return [line for m in md for line in m.splitlines() if line.startswith("## ")]
+
+
+def test_training_notebooks_share_their_section_headings():
+    found = {name: headings(load(NOTEBOOKS / name)) for name in TRAINING}
+    reference = found[TRAINING[0]]
+    assert len(reference) >= 15
+    for name, heads in found.items():
+        assert heads == reference, f"{name} differs from {TRAINING[0]}: {sorted(set(heads) ^ set(reference))}"
+
+
+def test_training_notebooks_share_the_parameters_cell():
+    """Same data, budget, length and seed: the parameters cells are identical."""
+    cells = {
+        name: next("".join(c["source"]) for c in code_cells(load(NOTEBOOKS / name)) if "parameters" in c["metadata"].get("tags", []))
+        for name in TRAINING
+    }
+    assert len(set(cells.values())) == 1, "the parameters cells differ between the training notebooks"
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_committed_results_come_from_the_committed_notebook(name):
+    """results/<method>.json exists, is complete, and its accuracy appears in the notebook's stored summary."""
+    from helpers.results import RESULT_KEYS, load_results
+
+    method = {"01": "full", "02": "lora", "03": "qlora"}[name[:2]]
+    results = load_results(RESULTS / f"{method}.json")
+    assert set(RESULT_KEYS) <= set(results) and results["method"] == method
+    summary = "".join(text_of(o) for c in code_cells(load(NOTEBOOKS / name)) for o in c["outputs"]
+                      if "Profile " in text_of(o) and "accuracy" in text_of(o))
+    assert f"accuracy {results['accuracy_before']:.1%} -> {results['accuracy_after']:.1%}" in summary
+    assert f"Profile {results['profile']} on {results['device']}" in summary
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
@@ -58,10 +101,10 @@ def test_course_shape(path):
     md = [("".join(c["source"])) for c in nb["cells"] if c["cell_type"] == "markdown"]
     assert md[0].startswith("# "), "the notebook starts with an H1 title"
     assert "In this notebook you will" in md[0]
-    headings = [line for m in md for line in m.splitlines() if line.startswith("## ")]
-    numbered = [int(m.group(1)) for h in headings if (m := re.match(r"## (\d+)\. ", h))]
-    assert numbered == list(range(len(numbered))), f"sections are not numbered in order: {headings}"
-    assert any("Summary" in h for h in headings) and "Exercises" in headings[-1]
+    heads = headings(nb)
+    numbered = [int(m.group(1)) for h in heads if (m := re.match(r"## (\d+)\. ", h))]
+    assert numbered == list(range(len(numbered))), f"sections are not numbered in order: {heads}"
+    assert any("Summary" in h for h in heads) and "Exercises" in heads[-1]
     tagged = [c for c in code_cells(nb) if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged 'parameters' (papermill convention)"
     assert 'REPORT_TO = "none"' in "".join(tagged[0]["source"])

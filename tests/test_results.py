@@ -36,6 +36,7 @@ def full_results() -> dict:
         "accuracy_after": 0.5,
         "artifact_bytes": 4096,
         "loss_history": [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5}],
+        "notebook_fingerprint": "0123456789abcdef",
     }
 
 
@@ -208,3 +209,18 @@ def test_throughput_refuses_counting_padding_tokens(tmp_path):
     assert args.include_num_input_tokens_seen == "all"
     with pytest.raises(ValueError, match="'all' would count padding"):
         ThroughputCallback().on_train_begin(args, TrainerState(), TrainerControl())
+
+
+def test_notebook_fingerprint_follows_code_not_outputs(tmp_path):
+    from helpers.results import notebook_fingerprint
+
+    def write(code: str, output: str) -> Path:
+        cell = {"cell_type": "code", "source": [code], "outputs": [{"output_type": "stream", "text": [output]}]}
+        path = tmp_path / "nb.ipynb"
+        path.write_text(json.dumps({"cells": [cell, {"cell_type": "markdown", "source": ["# t"]}]}))
+        return path
+
+    first = notebook_fingerprint(write("x = 1", "a"))
+    assert notebook_fingerprint(write("x = 1", "b")) == first, "outputs do not change the fingerprint"
+    assert notebook_fingerprint(write("x = 2", "a")) != first, "code does"
+    assert len(first) == 16

@@ -1,0 +1,87 @@
+"""Reading the three results files together, saying plainly what is missing, stale or not comparable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers.memory import format_bytes
+from helpers.results import load_results, notebook_fingerprint
+
+# Which notebook writes which results file.
+NOTEBOOK_OF = {"full": "01_full_finetuning.ipynb", "lora": "02_lora.ipynb", "qlora": "03_qlora.ipynb"}
+
+
+def load_all(results_dir: Path, notebooks_dir: Path) -> tuple[dict[str, dict], list[str]]:
+    """Load every results file there is; return them and a list of problems, each saying how to fix it."""
+    found, problems = {}, []
+    for method, notebook in NOTEBOOK_OF.items():
+        path = results_dir / f"{method}.json"
+        try:
+            found[method] = load_results(path, produced_by=f"notebooks/{notebook} (or `make course`)")
+        except (FileNotFoundError, ValueError) as error:
+            problems.append(f"{method}: {error}")
+            continue
+        current = notebook_fingerprint(notebooks_dir / notebook)
+        if found[method].get("notebook_fingerprint") != current:
+            problems.append(
+                f"{method}: stale: notebooks/{notebook} has changed since {path.name} was written "
+                f"({found[method]['created_at']}). Rerun that notebook (or `make course`)."
+            )
+    for key, what in (("profile", "profiles"), ("device", "hardware")):
+        values = {method: r[key] for method, r in found.items()}
+        if len(set(values.values())) > 1:
+            listed = "; ".join(f"{m}: {v}" for m, v in values.items())
+            problems.append(
+                f"The results come from different {what} ({listed}): their numbers are not comparable. "
+                f"Rerun the three notebooks with the same COURSE_PROFILE on the same machine."
+            )
+    return found, problems
+
+
+def train_memory(result: dict) -> dict:
+    """The training phase's memory record of a results file (measured peak, breakdown, estimate)."""
+    return result["peak_memory"].get("train", {})
+
+
+def comparison_rows(found: dict[str, dict]) -> dict[str, dict[str, str]]:
+    """The comparison table as {row: {method: text}}, the same in the notebook and at the end of `make course`."""
+    rows: dict[str, dict[str, str]] = {}
+    for method, r in found.items():
+        memory = train_memory(r)
+        breakdown, estimate = memory.get("breakdown", {}), memory.get("estimate", {})
+        column = {
+            "profile": r["profile"],
+            "trainable parameters": f"{r['trainable_params']:,} ({r['trainable_params'] / r['total_params']:.2%})",
+            "total parameters": f"{r['total_params']:,}",
+            "peak memory, training": format_bytes(memory["peak_bytes"]) if "peak_bytes" in memory else "n/a",
+            "  measured as": memory.get("measured", "n/a"),
+        }
+        if "peak_reserved_bytes" in memory:
+            column["  reserved (CUDA)"] = format_bytes(memory["peak_reserved_bytes"])
+        for part in ("weights", "gradients", "optimizer_states"):
+            column[f"  {part.replace('_', ' ')}"] = format_bytes(breakdown[part]) if part in breakdown else "n/a"
+        column["  activations (estimated)"] = format_bytes(estimate["activations"]) if estimate else "n/a"
+        column.update(
+            {
+                "train tokens/s": f"{r['train_tokens_per_second']:,.0f}",
+                "train time": f"{r['train_seconds']:.0f} s",
+                "eval loss": f"{r['eval_loss']:.3f}",
+                "perplexity": f"{r['perplexity']:.2f}",
+                "accuracy before -> after": f"{r['accuracy_before']:.1%} -> {r['accuracy_after']:.1%}",
+                "artifact on disk": format_bytes(r["artifact_bytes"]),
+            }
+        )
+        for row, text in column.items():
+            rows.setdefault(row, {})[method] = text
+    return rows
+
+
+def format_rows(rows: dict[str, dict[str, str]]) -> str:
+    """The table as plain text, one column per method."""
+    methods = list(next(iter(rows.values())).keys()) if rows else []
+    width = max((len(row) for row in rows), default=0)
+    cells = [max([len(m)] + [len(rows[row].get(m, "")) for row in rows]) for m in methods]
+    lines = [" " * width + "  " + "  ".join(m.rjust(w) for m, w in zip(methods, cells, strict=True))]
+    for row, values in rows.items():
+        lines.append(row.ljust(width) + "  " + "  ".join(values.get(m, "").rjust(w) for m, w in zip(methods, cells, strict=True)))
+    return "\n".join(lines)

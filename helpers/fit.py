@@ -1,0 +1,89 @@
+"""Will it fit? Training-memory estimates per method for published model shapes, built on the meta device."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from helpers.memory import count_parameters, estimate_training_memory, estimate_weight_bytes
+from helpers.models import llama_config
+
+# GPU memory roughly as nvidia-smi reports it, in MiB, and whether the GPU computes in bf16 natively.
+GPUS = {
+    "T4 16 GB": (15360, False),
+    "L4 24 GB": (23034, True),
+    "RTX 4090 24 GB": (24564, True),
+    "A100 40 GB": (40960, True),
+    "A100 80 GB": (81920, True),
+    "H100 80 GB": (81559, True),
+}
+
+# What each method trains and keeps, as the course's notebooks do it on a GPU.
+METHODS = {
+    "full": "all weights; bf16 weights and gradients, PyTorch AdamW (moments in bf16); "
+    "float32 weights and gradients without bf16 (T4)",
+    "full, 8-bit": "as full, with bitsandbytes' paged 8-bit AdamW (1 byte per moment)",
+    "lora": "bf16 frozen base; a float32 adapter (r=16, all linear layers) with PyTorch AdamW",
+    "qlora": "NF4 base (embedding and norms upcast to float32 by prepare_model_for_kbit_training); "
+    "float32 adapter (r=16, all linear layers); paged 8-bit AdamW",
+}
+
+
+def meta_model(spec: dict) -> torch.nn.Module:
+    """A model of this shape on the meta device: exact parameter counts, no memory, nothing downloaded."""
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(llama_config(spec))
+
+
+def lora_trainable_params(spec: dict, r: int, target_modules: str | list[str] = "all-linear") -> int:
+    """Trainable parameters PEFT creates for this rank and these targets, counted on the meta device."""
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=target_modules, task_type="CAUSAL_LM")
+    with torch.device("meta"):
+        return count_parameters(get_peft_model(meta_model(spec), config))[0]
+
+
+def method_estimate(
+    spec: dict,
+    method: str,
+    *,
+    seq_len: int,
+    batch_size: int,
+    bf16: bool = True,
+    lora_r: int = 16,
+    gradient_checkpointing: bool = True,
+) -> dict[str, int]:
+    """Estimated training memory (weights, gradients, optimizer states, activations, total) of one method."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}.")
+    model = meta_model(spec)
+    total = count_parameters(model)[1]
+    half = 2 if bf16 else 4  # full fine-tuning without bf16 keeps float32 weights (fp16 weights can't be trained)
+    if method.startswith("full"):
+        trainable, weight_bytes, grad_bytes = total, total * half, half
+        optimizer = "paged_adamw_8bit" if method == "full, 8-bit" else "adamw"
+    else:
+        trainable, grad_bytes = lora_trainable_params(spec, lora_r), 4
+        if method == "lora":
+            weight_bytes, optimizer = total * 2, "adamw"
+        else:
+            weight_bytes = estimate_weight_bytes(model, dtype_bytes=4, quantize_linear=True)["total"]
+            optimizer = "paged_adamw_8bit"
+        weight_bytes += trainable * 4  # the float32 adapter
+    c = model.config
+    return estimate_training_memory(
+        total_params=total,
+        trainable_params=trainable,
+        weight_bytes=weight_bytes,
+        grad_bytes_per_param=grad_bytes,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        hidden_size=c.hidden_size,
+        num_layers=c.num_hidden_layers,
+        intermediate_size=c.intermediate_size,
+        vocab_size=c.vocab_size,
+        num_heads=c.num_attention_heads,
+        activation_bytes=2,
+        gradient_checkpointing=gradient_checkpointing,
+    )

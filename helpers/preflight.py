@@ -1,0 +1,303 @@
+"""Checks to run before loading or training: model access, pinned versions, memory and disk room, old API names."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import shutil
+import sys
+import textwrap
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import huggingface_hub
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+from packaging.version import Version
+
+from helpers.memory import fit_verdict, format_bytes
+
+REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
+RUNTIME_MARKER = "# notebooks and tests"  # requirements.txt lists the test tools after this line
+WARN_ONLY = ("torch",)  # Colab keeps its own CUDA build of torch; a different torch is a warning, not an error
+TOKEN_HELP = (
+    "create a token with read access at https://huggingface.co/settings/tokens, then run `hf auth login` "
+    "in a terminal (or set the HF_TOKEN environment variable; in Colab: the key icon > Secrets > HF_TOKEN "
+    "with 'Notebook access' on), then re-run this cell"
+)
+FINE_GRAINED_HELP = (
+    "your token is fine-grained and lacks 'Read access to contents of all public gated repos you can access'. "
+    "Tick that box in the token's settings at https://huggingface.co/settings/tokens (or create a classic 'Read' "
+    "token), then re-run this cell"
+)
+
+# Keyword arguments that old tutorials pass and the pinned libraries no longer take, with what replaced them.
+RENAMED_KEYWORDS = {
+    "max_seq_length": "max_length (in SFTConfig)",
+    "dataset_text_field": "SFTConfig(dataset_text_field=...), not SFTTrainer",
+    "tokenizer": "processing_class",
+    "evaluation_strategy": "eval_strategy",
+    "use_auth_token": "token",
+    "torch_dtype": "dtype",
+    "load_in_4bit": "quantization_config=BitsAndBytesConfig(load_in_4bit=True, ...)",
+    "load_in_8bit": "quantization_config=BitsAndBytesConfig(load_in_8bit=True)",
+}
+# The constructors and functions whose keyword arguments the notebooks rely on.
+CHECKED_CALLS = {
+    "SFTConfig": "trl:SFTConfig",
+    "SFTTrainer": "trl:SFTTrainer",
+    "TrainingArguments": "transformers:TrainingArguments",
+    "Trainer": "transformers:Trainer",
+    "BitsAndBytesConfig": "transformers:BitsAndBytesConfig",
+    "LoraConfig": "peft:LoraConfig",
+    "get_peft_model": "peft:get_peft_model",
+    "prepare_model_for_kbit_training": "peft:prepare_model_for_kbit_training",
+    "merge_and_unload": "peft:LoraModel.merge_and_unload",
+    "from_pretrained": "transformers:PreTrainedModel.from_pretrained",
+    "pipeline": "transformers:pipeline",
+}
+PEFT_FROM_PRETRAINED = "peft:PeftModel.from_pretrained"
+
+
+class ModelAccessError(RuntimeError):
+    """The model cannot be downloaded from the Hugging Face hub; the message says why and how to fix it."""
+
+
+# ---------------------------------------------------------------------------
+# Model access
+# ---------------------------------------------------------------------------
+
+
+def check_model_access(repo_id: str) -> str:
+    """Check the model can be loaded before loading it; return 'local', 'cache' or 'hub', or raise ModelAccessError.
+
+    The token (HF_TOKEN or `hf auth login`) is only handed to huggingface_hub: it is never printed or written.
+    """
+    if Path(repo_id).is_dir():
+        return "local"
+    url = f"https://huggingface.co/{repo_id}"
+    if huggingface_hub.is_offline_mode():
+        if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str):
+            return "cache"
+        raise ModelAccessError(
+            f"{repo_id} is not in the local cache and offline mode is on (HF_HUB_OFFLINE=1). Fix: connect to the "
+            f"internet, unset HF_HUB_OFFLINE and run this cell once to download it (it is then cached), or use "
+            "COURSE_PROFILE=tiny, which needs no download."
+        )
+    token = huggingface_hub.get_token()
+    try:
+        huggingface_hub.auth_check(repo_id, token=token)
+    except GatedRepoError as err:
+        raise ModelAccessError(_gated_message(repo_id, url, token, err)) from None
+    except RepositoryNotFoundError:
+        hint = "check the spelling (e.g. meta-llama/Llama-3.2-1B-Instruct)"
+        if token is None:
+            hint += ", and if the repository is private or gated, log in: " + TOKEN_HELP
+        raise ModelAccessError(f"{repo_id} was not found on the Hugging Face hub ({url}). Fix: {hint}.") from None
+    except HfHubHTTPError as err:
+        raise ModelAccessError(
+            f"The hub answered {_status(err)} for {repo_id}. Fix: retry in a minute; if it persists, check "
+            "https://status.huggingface.co."
+        ) from None
+    except Exception as err:  # connection refused, DNS, timeouts, proxies, OfflineModeIsEnabled
+        raise ModelAccessError(
+            f"Could not reach https://huggingface.co to check {repo_id} ({type(err).__name__}). Fix: check the "
+            "internet connection (and proxy settings), or, if the model was downloaded before, set "
+            "HF_HUB_OFFLINE=1 to use the cache; COURSE_PROFILE=tiny needs no download."
+        ) from None
+    return "hub"
+
+
+def _status(err: HfHubHTTPError) -> int | None:
+    """The HTTP status code of a hub error, or None."""
+    response = getattr(err, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _gated_message(repo_id: str, url: str, token: str | None, err: GatedRepoError) -> str:
+    """Say which of the gated-access problems this is, and its fix."""
+    start = f"{repo_id} is a gated model: "
+    server = (err.server_message or str(err)).lower()
+    if token is None:
+        return (
+            start + f"you are not logged in. Fix: (1) open {url}, sign in and accept the licence (one approval "
+            f"covers the Llama 3.2 family); (2) {TOKEN_HELP}."
+        )
+    if _status(err) == 401:
+        return (
+            start + "the hub did not accept your token (expired, revoked or mistyped?). Fix: check it with "
+            f"`hf auth whoami`; if that fails, {TOKEN_HELP}."
+        )
+    if "awaiting" in server or "pending" in server:
+        return (
+            start + f"your access request is still pending review by the authors. Fix: wait for the e-mail "
+            f"that grants access (see the status at {url}), then re-run this cell; meanwhile COURSE_PROFILE=tiny "
+            "runs every notebook without it."
+        )
+    if "fine-grained" in server or _fine_grained_without_gated_read(token):
+        return start + FINE_GRAINED_HELP + "."
+    return (
+        start + f"your account has no access yet. Fix: open {url} while signed in as the account of your "
+        "token (`hf auth whoami` shows which), accept the licence and wait for approval; if you already did, the "
+        "request may be pending or rejected (the model page says which); a fine-grained token also needs 'Read "
+        "access to contents of all public gated repos you can access'. Then re-run this cell."
+    )
+
+
+def _fine_grained_without_gated_read(token: str) -> bool:
+    """Whether the token is fine-grained without the 'public gated repos' permission (False if unknown)."""
+    try:
+        access = huggingface_hub.whoami(token=token)["auth"]["accessToken"]
+    except Exception:
+        return False
+    return access.get("role") == "fineGrained" and not access.get("fineGrained", {}).get("canReadGatedRepos")
+
+
+# ---------------------------------------------------------------------------
+# Library versions
+# ---------------------------------------------------------------------------
+
+
+def read_pins(path: str | Path = REQUIREMENTS) -> dict[str, str]:
+    """The name==version pins of the runtime libraries in requirements.txt (not the test tools)."""
+    text = Path(path).read_text(encoding="utf-8").split(RUNTIME_MARKER)[0]
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            name, pinned = line.split("==", 1)
+            pins[name.strip()] = pinned.strip()
+    return pins
+
+
+def check_pinned_versions(path: str | Path = REQUIREMENTS) -> dict[str, str]:
+    """Compare installed and imported versions with requirements.txt; return the installed ones or raise."""
+    installed, problems, warn = {}, [], []
+    for name, pinned in read_pins(path).items():
+        try:
+            found = version(name)
+        except PackageNotFoundError:
+            problems.append(f"{name} is not installed (pinned {pinned})")
+            continue
+        installed[name] = found
+        module = sys.modules.get(name.replace("-", "_"))
+        loaded = getattr(module, "__version__", None)
+        if loaded and Version(loaded).public != Version(found).public:
+            problems.append(f"{name} {loaded} is imported but {found} is installed: restart the kernel")
+        elif Version(found).public != Version(pinned).public:  # 2.13.0+cpu counts as 2.13.0
+            (warn if name in WARN_ONLY else problems).append(f"{name} {found} (pinned {pinned})")
+    if warn:
+        warnings.warn(
+            f"Not the tested version: {', '.join(warn)}. Usually fine (e.g. Colab's own torch); if something "
+            "breaks, install the pins.",
+            stacklevel=2,
+        )
+    if problems:
+        raise RuntimeError(
+            "The installed libraries differ from the tested set in requirements.txt: "
+            + "; ".join(problems)
+            + ". Fix: pip install -r requirements.txt, then restart the kernel (Kernel > Restart, in Colab: "
+            "Runtime > Restart session) so the new versions are the ones imported."
+        )
+    return installed
+
+
+def _resolve(target: str) -> object:
+    """'package:Class.attr' -> the object."""
+    module_name, _, qualname = target.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def accepted_keywords(func: object) -> set[str] | None:
+    """Keyword names a callable takes: its named parameters plus the names it pops from **kwargs (None: unknown)."""
+    target = func.__init__ if inspect.isclass(func) else func
+    params = inspect.signature(target).parameters
+    names = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return names
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(target)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    popped = {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("pop", "get")
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "kwargs"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+    return names | popped
+
+
+def unknown_call_keywords(code: str) -> list[str]:
+    """Keyword arguments in code that the installed transformers/peft/trl no longer accept, each with its fix."""
+    lines = [line for line in code.splitlines() if not line.lstrip().startswith(("%", "!"))]  # IPython magics
+    problems = []
+    for node in ast.walk(ast.parse("\n".join(lines))):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        target = CHECKED_CALLS.get(name)
+        owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
+        if name == "from_pretrained" and owner == "PeftModel":
+            target = PEFT_FROM_PRETRAINED
+        elif name == "from_pretrained" and "Tokenizer" in owner:
+            continue  # tokenizers take their own options
+        if target is None:
+            continue
+        accepted = accepted_keywords(_resolve(target))
+        if accepted is None:
+            continue
+        for keyword in node.keywords:
+            if keyword.arg is not None and keyword.arg not in accepted:
+                fix = RENAMED_KEYWORDS.get(keyword.arg, "see the library's documentation for the current name")
+                problems.append(f"line {node.lineno}: {name}({keyword.arg}=...) is not accepted; use {fix}")
+    return problems
+
+
+# ---------------------------------------------------------------------------
+# Memory and disk
+# ---------------------------------------------------------------------------
+
+
+def choose_plan(
+    estimates: dict[str, dict[str, int]], capacity_bytes: int, *, where: str, reserve_bytes: int = 0
+) -> str:
+    """The first plan (in order) whose estimate fits, printing each verdict; MemoryError with the options if none."""
+    verdicts = []
+    for name, estimate in estimates.items():
+        fits, why = fit_verdict(estimate, capacity_bytes, where=where, reserve_bytes=reserve_bytes)
+        print(f"{name:>12}: {why}")
+        if fits:
+            return name
+        verdicts.append(f"{name} {why}")
+    raise MemoryError(
+        f"No plan fits on {where}: " + " ".join(verdicts) + " Fix: lower MAX_LENGTH or the batch size, turn on "
+        "gradient checkpointing, train with LoRA (02_lora.ipynb) or QLoRA (4-bit base weights) instead of full "
+        "fine-tuning, or use a GPU with more memory."
+    )
+
+
+def check_disk_space(path: str | Path, checkpoint_bytes: int, keep: int, extra_bytes: int = 0) -> int:
+    """Check the disk under path has room for `keep` checkpoints (+ extra); return the free bytes or raise OSError."""
+    path = Path(path)
+    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    free = shutil.disk_usage(existing).free
+    need = checkpoint_bytes * keep + extra_bytes
+    if free < need:
+        raise OSError(
+            f"Not enough disk space in {existing}: need about {format_bytes(need)} for {keep} checkpoints of "
+            f"{format_bytes(checkpoint_bytes)}, but only {format_bytes(free)} is free. Fix: set save_total_limit "
+            "lower, save_only_model=True (no resume), free space, or point OUTPUT_DIR at a larger disk "
+            "(in Colab: mounted Google Drive)."
+        )
+    return free
