@@ -26,7 +26,7 @@ METHODS = {
     "full, 8-bit": "as full, with bitsandbytes' paged 8-bit AdamW (1 byte per moment)",
     "lora": "bf16 frozen base; a float32 adapter (r=16, all linear layers) with PyTorch AdamW",
     "qlora": "NF4 base (embedding and norms upcast to float32 by prepare_model_for_kbit_training); "
-    "float32 adapter (r=16, all linear layers); paged 8-bit AdamW",
+    "bf16 adapter (r=16, all linear layers; TRL's SFTTrainer casts it); paged 8-bit AdamW",
 }
 
 
@@ -62,14 +62,12 @@ def method_estimate(
     if method.startswith("full"):
         trainable, weight_bytes, grad_bytes = total, total * half, half
         optimizer = "paged_adamw_8bit" if method == "full, 8-bit" else "adamw"
+    elif method == "lora":
+        trainable, grad_bytes, optimizer = lora_trainable_params(spec, lora_r), 4, "adamw"
+        weight_bytes = total * 2 + trainable * 4  # bf16 base, float32 adapter
     else:
-        trainable, grad_bytes = lora_trainable_params(spec, lora_r), 4
-        if method == "lora":
-            weight_bytes, optimizer = total * 2, "adamw"
-        else:
-            weight_bytes = estimate_weight_bytes(model, dtype_bytes=4, quantize_linear=True)["total"]
-            optimizer = "paged_adamw_8bit"
-        weight_bytes += trainable * 4  # the float32 adapter
+        trainable, grad_bytes, optimizer = lora_trainable_params(spec, lora_r), 2, "paged_adamw_8bit"
+        weight_bytes = estimate_weight_bytes(model, dtype_bytes=4, quantize_linear=True)["total"] + trainable * 2
     c = model.config
     return estimate_training_memory(
         total_params=total,

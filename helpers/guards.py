@@ -333,6 +333,11 @@ def last_good_checkpoint(output_dir: str | Path, quiet: bool = False) -> str | N
     for folder in reversed(sort_checkpoints(str(output_dir))):
         problem = checkpoint_problem(folder)
         if problem is None:
+            state = json.loads((Path(folder) / "trainer_state.json").read_text(encoding="utf-8"))
+            if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"]:
+                say(f"The last run in {output_dir} finished ({Path(folder).name} is its last step): "
+                    "training starts from the beginning.")
+                return None
             say(f"Resuming from {folder}.")
             return folder
         say(f"Skipping {folder}: {problem} (interrupted while saving?).")

@@ -83,6 +83,9 @@ def write_json_atomic(path: str | Path, data: dict) -> Path:
 
 def save_results(path: str | Path, **fields: object) -> Path:
     """Check that every key in RESULT_KEYS is given, stamp created_at, and write the file atomically."""
+    from helpers.guards import check_finite_metrics
+
+    check_finite_metrics(**{k: v for k, v in fields.items() if isinstance(v, float)})  # a diverged run writes nothing
     fields["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     missing = [key for key in RESULT_KEYS if key not in fields]
     if missing:

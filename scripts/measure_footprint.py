@@ -9,8 +9,8 @@ in ~/.cache/llama-finetuning-course) on first use, so real-size memory can be me
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,44 +22,55 @@ from helpers.hardware import check_bitsandbytes, detect_hardware  # noqa: E402
 from helpers.memory import MemoryTracker, bytes_by_dtype, estimate_weight_bytes, format_bytes  # noqa: E402
 from helpers.models import choose_model  # noqa: E402
 
+VARIANTS = ("bf16", "nf4")
+
+
+def measure(profile: str, variant: str) -> None:
+    """Load the model one way, in this fresh process, and print estimate, tensor bytes and resident memory."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    hardware = detect_hardware()
+    choice = choose_model(profile)
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(choice.path))
+    if variant == "bf16":
+        kwargs, estimate = {}, estimate_weight_bytes(meta, dtype_bytes=2)
+    else:
+        check_bitsandbytes(hardware.device_type)
+        nf4 = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs, estimate = {"quantization_config": nf4}, estimate_weight_bytes(meta, dtype_bytes=2, quantize_linear=True)
+    tracker = MemoryTracker(hardware.device_type)
+    with tracker.phase(variant):
+        model = AutoModelForCausalLM.from_pretrained(
+            choice.path, dtype=torch.bfloat16, device_map={"": hardware.device_type}, **kwargs
+        )
+        for tensor in model.state_dict().values():  # safetensors maps files lazily: touch every page
+            tensor.view(-1)[:: max(1, tensor.numel() // 4096)].sum()
+    measured = bytes_by_dtype(model)
+    phase = tracker.results[variant]
+    print(f"{variant}:")
+    print(f"  estimate        {format_bytes(estimate['total']):>10}  "
+          + ", ".join(f"{k} {format_bytes(v)}" for k, v in estimate.items() if k != "total"))
+    print(f"  tensors         {format_bytes(sum(measured.values())):>10}  "
+          + ", ".join(f"{k} {format_bytes(v)}" for k, v in measured.items()))
+    print(f"  memory held     {format_bytes(phase['end_bytes'] - phase['start_bytes']):>10}  "
+          f"(peak while loading {format_bytes(phase['peak_bytes'] - phase['start_bytes'])}, {phase['measured']})")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="llama-3.2-1b-random", help="a course profile (default: %(default)s)")
+    parser.add_argument("--variant", choices=VARIANTS, help="measure only this one (each runs in its own process)")
     args = parser.parse_args()
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-    hardware = detect_hardware()
-    check_bitsandbytes(hardware.device_type)
-    choice = choose_model(args.profile)
-    print(f"{choice.description}\non {hardware.describe()}\n")
-    with torch.device("meta"):
-        meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(choice.path))
-    nf4 = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-    variants = {
-        "bf16": ({}, estimate_weight_bytes(meta, dtype_bytes=2)),
-        "nf4 + double quant": ({"quantization_config": nf4}, estimate_weight_bytes(meta, dtype_bytes=2, quantize_linear=True)),
-    }
-    tracker = MemoryTracker(hardware.device_type)
-    for name, (kwargs, estimate) in variants.items():
-        gc.collect()
-        with tracker.phase(name):
-            model = AutoModelForCausalLM.from_pretrained(
-                choice.path, dtype=torch.bfloat16, device_map={"": hardware.device_type}, **kwargs
-            )
-        measured = bytes_by_dtype(model)
-        phase = tracker.results[name]
-        print(f"{name}:")
-        print(f"  estimate        {format_bytes(estimate['total']):>10}  "
-              + ", ".join(f"{k} {format_bytes(v)}" for k, v in estimate.items() if k != "total"))
-        print(f"  tensors         {format_bytes(sum(measured.values())):>10}  "
-              + ", ".join(f"{k} {format_bytes(v)}" for k, v in measured.items()))
-        print(f"  memory held     {format_bytes(phase['end_bytes'] - phase['start_bytes']):>10}  "
-              f"(peak while loading {format_bytes(phase['peak_bytes'] - phase['start_bytes'])}, {phase['measured']})")
-        del model
+    if args.variant:
+        measure(args.profile, args.variant)
+        return
+    choice = choose_model(args.profile)  # builds the random model on first use
+    print(f"{choice.description}\non {detect_hardware().describe()}\n", flush=True)
+    for variant in VARIANTS:
+        subprocess.run([sys.executable, __file__, "--profile", args.profile, "--variant", variant], check=True)
 
 
 if __name__ == "__main__":

@@ -666,3 +666,21 @@ def test_a_diverged_run_does_not_overwrite_good_results(tmp_path):
         guards.check_finite_metrics(**metrics)
         write_json_atomic(path, metrics)
     assert json.loads(path.read_text()) == {"eval_loss": 1.23}
+
+
+def test_a_finished_run_is_not_resumed_but_started_again(tmp_path, capsys):
+    make_trainer(tmp_path, max_steps=6).train()  # finished: its last checkpoint is step 6 of 6
+    assert guards.last_good_checkpoint(tmp_path) is None
+    assert "finished (checkpoint-6 is its last step): training starts from the beginning" in capsys.readouterr().out
+    counter = CountSteps()
+    guards.train_with_checkpoints(make_trainer(tmp_path, callbacks=[counter]))
+    assert counter.steps == 6, "re-running the notebook trains again instead of skipping to the end"
+
+
+def test_save_results_refuses_a_diverged_run_and_keeps_the_old_file(tmp_path):
+    from helpers.results import save_results
+
+    path = write_json_atomic(tmp_path / "full.json", {"eval_loss": 0.5})
+    with pytest.raises(ValueError, match=r"Not saving results: eval_loss=nan\. The run diverged"):
+        save_results(path, method="full", eval_loss=float("nan"))
+    assert json.loads(path.read_text()) == {"eval_loss": 0.5}

@@ -1,0 +1,122 @@
+"""The comparison helpers: loading the three results files, the table, and the will-it-fit estimates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers.compare import NOTEBOOK_OF, comparison_rows, format_rows, load_all
+from helpers.fit import lora_trainable_params, method_estimate
+from helpers.models import LLAMA_2_7B, LLAMA_3_2_1B
+from helpers.results import notebook_fingerprint, save_results
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def write_result(results_dir: Path, notebooks_dir: Path, method: str, **override) -> None:
+    """A complete results file for one method, fingerprinted with the notebook in notebooks_dir."""
+    fields = {
+        "method": method, "profile": "tiny", "model_id": "tiny", "device": "cpu (2 cores)", "dtype": "fp32",
+        "versions": {}, "total_params": 1000, "trainable_params": 10 if method != "full" else 1000,
+        "peak_memory": {"load": {"start_bytes": 100}, "train": {
+            "measured": "process RSS (psutil)", "peak_bytes": 5 * 2**20, "start_bytes": 2**20, "end_bytes": 2**20,
+            "breakdown": {"weights": 4000, "gradients": 40, "optimizer_states": 80},
+            "estimate": {"weights": 4000, "gradients": 40, "optimizer_states": 80, "activations": 7, "total": 4127}}},
+        "train_tokens_per_second": 1500.0, "train_seconds": 100.0, "eval_loss": 1.25, "perplexity": 3.49,
+        "accuracy_before": 0.0, "accuracy_after": 0.5, "artifact_bytes": 2**20, "loss_history": [],
+        "notebook_fingerprint": notebook_fingerprint(notebooks_dir / NOTEBOOK_OF[method]),
+    }
+    save_results(results_dir / f"{method}.json", **{**fields, **override})
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for name in NOTEBOOK_OF.values():
+        (notebooks / name).write_text(json.dumps({"cells": [{"cell_type": "code", "source": [name]}]}))
+    return tmp_path / "results", notebooks
+
+
+def test_complete_results_load_without_problems(dirs):
+    results, notebooks = dirs
+    for method in NOTEBOOK_OF:
+        write_result(results, notebooks, method)
+    found, problems = load_all(results, notebooks)
+    assert list(found) == ["full", "lora", "qlora"] and problems == []
+
+
+def test_missing_results_name_the_notebook_that_writes_them(dirs):
+    results, notebooks = dirs
+    write_result(results, notebooks, "lora")
+    found, problems = load_all(results, notebooks)
+    assert list(found) == ["lora"]
+    assert "full: No results file" in problems[0] and "Run notebooks/01_full_finetuning.ipynb" in problems[0]
+    assert "Run notebooks/03_qlora.ipynb (or `make course`)" in problems[1]
+
+
+def test_results_older_than_their_notebook_are_called_stale(dirs):
+    results, notebooks = dirs
+    for method in NOTEBOOK_OF:
+        write_result(results, notebooks, method)
+    (notebooks / "02_lora.ipynb").write_text(json.dumps({"cells": [{"cell_type": "code", "source": ["changed"]}]}))
+    _, problems = load_all(results, notebooks)
+    assert len(problems) == 1
+    assert problems[0].startswith("lora: stale: notebooks/02_lora.ipynb has changed since lora.json was written")
+
+
+def test_mixed_profiles_and_hardware_are_reported(dirs):
+    results, notebooks = dirs
+    write_result(results, notebooks, "full")
+    write_result(results, notebooks, "lora", profile="llama-3.2-1b", device="cuda NVIDIA L4")
+    _, problems = load_all(results, notebooks)
+    assert any("different profiles (full: tiny; lora: llama-3.2-1b)" in p and "not comparable" in p for p in problems)
+    assert any("different hardware" in p for p in problems)
+
+
+def test_comparison_table_has_one_column_per_method(dirs):
+    results, notebooks = dirs
+    for method in NOTEBOOK_OF:
+        write_result(results, notebooks, method)
+    found, _ = load_all(results, notebooks)
+    rows = comparison_rows(found)
+    assert rows["accuracy before -> after"] == {m: "0.0% -> 50.0%" for m in NOTEBOOK_OF}
+    assert rows["peak memory, training"]["full"] == "5.00 MiB"
+    assert rows["  activations (estimated)"]["lora"] == "7 B"
+    text = format_rows(rows)
+    assert text.splitlines()[0].split() == ["full", "lora", "qlora"]
+    assert "train tokens/s" in text and "1,500" in text
+
+
+def test_the_committed_results_compare_cleanly():
+    """results/ holds the three files of one run of the committed notebooks: same profile, not stale."""
+    found, problems = load_all(NOTEBOOKS.parent / "results", NOTEBOOKS)
+    assert set(found) == set(NOTEBOOK_OF) and problems == []
+
+
+def test_lora_counts_match_the_numbers_tutorials_quote():
+    assert lora_trainable_params(LLAMA_2_7B, 8, ["q_proj", "v_proj"]) == 4_194_304
+    one = lora_trainable_params(LLAMA_3_2_1B, 1)
+    assert lora_trainable_params(LLAMA_3_2_1B, 16) == 16 * one, "linear in the rank"
+
+
+def test_method_estimates_follow_the_recipes():
+    args = {"seq_len": 512, "batch_size": 4}
+    params = 1_235_814_400
+    full_t4 = method_estimate(LLAMA_3_2_1B, "full", bf16=False, **args)
+    assert full_t4["weights"] == full_t4["gradients"] == 4 * params and full_t4["optimizer_states"] == 8 * params
+    full_bf16 = method_estimate(LLAMA_3_2_1B, "full", **args)
+    assert full_bf16["optimizer_states"] == 4 * params, "PyTorch AdamW keeps bf16 moments for bf16 weights"
+    assert method_estimate(LLAMA_3_2_1B, "full, 8-bit", **args)["optimizer_states"] == 2 * params
+    lora, qlora = (method_estimate(LLAMA_3_2_1B, m, **args) for m in ("lora", "qlora"))
+    assert qlora["weights"] < full_bf16["weights"] < lora["weights"], "LoRA adds its float32 adapter to the bf16 base"
+    with pytest.raises(ValueError, match="Unknown method 'dora': use one of full, full, 8-bit, lora, qlora"):
+        method_estimate(LLAMA_3_2_1B, "dora", **args)
+
+
+def test_copied_notebooks_dir_is_not_needed_for_missing_results(tmp_path):
+    """A results folder that does not exist yet gives three 'missing' problems, not a crash."""
+    found, problems = load_all(tmp_path / "nowhere", NOTEBOOKS)
+    assert found == {} and len(problems) == 3
