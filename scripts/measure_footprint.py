@@ -44,7 +44,7 @@ def measure(profile: str, variant: str) -> None:
     tracker = MemoryTracker(hardware.device_type)
     with tracker.phase(variant):
         model = AutoModelForCausalLM.from_pretrained(
-            choice.path, dtype=torch.bfloat16, device_map={"": hardware.device_type}, **kwargs
+            choice.path, dtype=torch.bfloat16, device_map=hardware.device_type, **kwargs
         )
         for tensor in model.state_dict().values():  # safetensors maps files lazily: touch every page
             tensor.view(-1)[:: max(1, tensor.numel() // 4096)].sum()
