@@ -13,7 +13,7 @@ from safetensors import safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer_utils import sort_checkpoints
 
-from helpers.models import END_OF_TURN, stop_token_ids
+from helpers.models import END_OF_TURN, NO_TEMPLATE_HELP, stop_token_ids
 
 FINGERPRINT_FILE = "base_fingerprint.json"
 FINGERPRINT_CONFIG_KEYS = (
@@ -102,10 +102,7 @@ def check_template_pinned(tokenizer: PreTrainedTokenizerBase, template_kwargs: d
     """Refuse a chat template that writes today's date unless date_string is pinned."""
     template = tokenizer.chat_template
     if template is None:
-        raise ValueError(
-            "The tokenizer has no chat template (base checkpoints ship none). Use the -Instruct model, or set "
-            "tokenizer.chat_template = helpers.models.CHAT_TEMPLATE."
-        )
+        raise ValueError(f"The tokenizer {NO_TEMPLATE_HELP}")
     if "strftime_now" in template and "date_string" not in (template_kwargs or {}):
         raise ValueError(
             "This chat template writes today's date into every prompt, so token ids change from day to day. "

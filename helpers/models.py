@@ -124,6 +124,11 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
 # Llama 3.2's own template writes today's date into every prompt; pin it so outputs don't change daily.
+# The error for a tokenizer without a chat template, shared by load_tokenizer and the guards.
+NO_TEMPLATE_HELP = (
+    "has no chat template (base checkpoints ship none). Use the -Instruct model id, or set "
+    "tokenizer.chat_template = helpers.models.CHAT_TEMPLATE."
+)
 CHAT_TEMPLATE_KWARGS = {"date_string": "26 Jul 2024"}
 
 
@@ -204,10 +209,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     """Load a tokenizer and apply the training rules: a pad token distinct from end-of-turn, right padding."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.chat_template is None:
-        raise ValueError(
-            f"The tokenizer of {path} has no chat template (base Llama checkpoints ship none). "
-            "Use the -Instruct model id, or set tokenizer.chat_template to helpers.models.CHAT_TEMPLATE."
-        )
+        raise ValueError(f"The tokenizer of {path} {NO_TEMPLATE_HELP}")
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.convert_tokens_to_ids(END_OF_TURN):
         if PAD_TOKEN not in tokenizer.get_vocab():
             raise ValueError(f"{path}: no pad token and no {PAD_TOKEN} in the vocabulary; add a pad token first.")
