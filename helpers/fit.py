@@ -21,12 +21,12 @@ GPUS = {
 
 # What each method trains and keeps, as the course's notebooks do it on a GPU.
 METHODS = {
-    "full": "all weights; bf16 weights and gradients, PyTorch AdamW (moments in bf16); "
-    "float32 weights and gradients without bf16 (T4)",
+    "full": "all weights; float32 master weights and gradients under bf16 (fp16 on a T4) autocast, "
+    "PyTorch AdamW (float32 moments), 16-bit autocast copies of the weights",
     "full, 8-bit": "as full, with bitsandbytes' paged 8-bit AdamW (1 byte per moment)",
     "lora": "bf16 frozen base; a float32 adapter (r=16, all linear layers) with PyTorch AdamW",
     "qlora": "NF4 base (embedding and norms upcast to float32 by prepare_model_for_kbit_training); "
-    "bf16 adapter (r=16, all linear layers; TRL's SFTTrainer casts it); paged 8-bit AdamW",
+    "bf16 adapter (r=16, all linear layers; TRL's SFTTrainer casts it; float32 on a T4); paged 8-bit AdamW",
 }
 
 
@@ -58,16 +58,17 @@ def method_estimate(
         raise ValueError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}.")
     model = meta_model(spec)
     total = count_parameters(model)[1]
-    half = 2 if bf16 else 4  # full fine-tuning without bf16 keeps float32 weights (fp16 weights can't be trained)
-    if method.startswith("full"):
-        trainable, weight_bytes, grad_bytes = total, total * half, half
+    copies = 0
+    if method.startswith("full"):  # float32 master weights: pure 16-bit weights would lose small updates
+        trainable, weight_bytes, grad_bytes, copies = total, total * 4, 4, total
         optimizer = "paged_adamw_8bit" if method == "full, 8-bit" else "adamw"
     elif method == "lora":
         trainable, grad_bytes, optimizer = lora_trainable_params(spec, lora_r), 4, "adamw"
         weight_bytes = total * 2 + trainable * 4  # bf16 base, float32 adapter
-    else:
-        trainable, grad_bytes, optimizer = lora_trainable_params(spec, lora_r), 2, "paged_adamw_8bit"
-        weight_bytes = estimate_weight_bytes(model, dtype_bytes=4, quantize_linear=True)["total"] + trainable * 2
+    else:  # the adapter stays bf16 as TRL casts it under bf16, and float32 under fp16 (see notebook 3)
+        adapter_bytes = 2 if bf16 else 4
+        trainable, grad_bytes, optimizer = lora_trainable_params(spec, lora_r), adapter_bytes, "paged_adamw_8bit"
+        weight_bytes = estimate_weight_bytes(model, dtype_bytes=4, quantize_linear=True)["total"] + trainable * adapter_bytes
     c = model.config
     return estimate_training_memory(
         total_params=total,
@@ -84,4 +85,5 @@ def method_estimate(
         num_heads=c.num_attention_heads,
         activation_bytes=2,
         gradient_checkpointing=gradient_checkpointing,
+        autocast_copy_params=copies,
     )

@@ -139,6 +139,7 @@ def estimate_training_memory(
     num_heads: int,
     activation_bytes: int = 4,
     gradient_checkpointing: bool = False,
+    autocast_copy_params: int = 0,
 ) -> dict[str, int]:
     """Rough analytic estimate of training memory in bytes: weights, gradients, optimizer states, activations.
 
@@ -165,6 +166,9 @@ def estimate_training_memory(
                       With gradient checkpointing only each layer's input is kept
                       (num_layers * batch * seq * hidden * activation_bytes) and one layer's full
                       activations are rebuilt at a time during backward.
+    autocast_copies:  with float32 weights under bf16/fp16 autocast, the 16-bit copy autocast makes of each
+                      weight for its matmul, kept until backward: autocast_copy_params * 2 (pass the number
+                      of float32 weights that feed matmuls; 0, the default, leaves this part out).
     Not counted: the CUDA context (~0.3-0.5 GiB), allocator fragmentation, LoRA's small extra
     activations, temporary buffers inside kernels. Expect measured peaks to be somewhat higher.
     """
@@ -195,6 +199,8 @@ def estimate_training_memory(
         "optimizer_states": trainable_params * state_bytes,
         "activations": activations,
     }
+    if autocast_copy_params:
+        estimate["autocast_copies"] = autocast_copy_params * 2
     estimate["total"] = sum(estimate.values())
     return estimate
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
+from tokenizers import AddedToken, Tokenizer
+from tokenizers.models import BPE
+from tokenizers.processors import TemplateProcessing
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from helpers.artifacts import save_dir_atomic
 
@@ -123,13 +133,66 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
-# Llama 3.2's own template writes today's date into every prompt; pin it so outputs don't change daily.
+# The structure of Llama 3.2 Instruct's own template (without its tool-calling parts), written for this course:
+# a system header that always states a knowledge cutoff and today's date, then the system message (a leading
+# system message is moved there), then each turn. It has no {% generation %} markers: TRL masks the prompt by
+# rendering it alone (completion_only_loss), which works with any template whose prompt is a prefix of the whole.
+LLAMA_3_2_STYLE_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if date_string is not defined %}"
+    "{%- if strftime_now is defined %}{%- set date_string = strftime_now('%d %b %Y') %}"
+    "{%- else %}{%- set date_string = '26 Jul 2024' %}{%- endif %}"
+    "{%- endif %}"
+    "{%- if messages and messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content'] | trim %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\n' }}"
+    "{{- 'Today Date: ' + date_string + '\\n\\n' }}"
+    "{{- system_message + '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{{- (message['content'] | trim) + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
 # The error for a tokenizer without a chat template, shared by load_tokenizer and the guards.
 NO_TEMPLATE_HELP = (
     "has no chat template (base checkpoints ship none). Use the -Instruct model id, or set "
     "tokenizer.chat_template = helpers.models.CHAT_TEMPLATE."
 )
+# Llama 3.2's own template writes today's date into every prompt; pin it so outputs don't change daily.
 CHAT_TEMPLATE_KWARGS = {"date_string": "26 Jul 2024"}
+
+# Llama 3.2's 256 special tokens, ids 128000..128255, in order (as in the Instruct tokenizer).
+LLAMA_3_2_FIRST_SPECIAL_ID = 128000
+LLAMA_3_2_SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|reserved_special_token_2|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",  # end of message: the model stops here after a tool call
+    "<|eot_id|>",
+    "<|python_tag|>",
+] + [f"<|reserved_special_token_{i}|>" for i in range(3, 248)]
+
+# The random-1B folder is rebuilt when its marker is missing or older (folders from earlier builds paired the
+# 1B config with the tiny tokenizer, which the special-token guard refuses).
+RANDOM_1B_BUILD_VERSION = 2
+BUILD_MARKER = "course_build.json"
+# Llama 3.2 1B's vocabulary and special tokens on a toy body: what tests build instead of the 2.5 GB model.
+SHRUNK_BODY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
 
 
 @dataclass(frozen=True)
@@ -177,7 +240,9 @@ def choose_model(profile: str, model_id: str | None = None) -> ModelChoice:
         )
     if profile == "llama-3.2-1b-random":
         path = CACHE_DIR / "llama-3.2-1b-random"
-        if not (path / "config.json").exists():
+        if not is_current_build(path):
+            if path.exists():
+                print(f"{path} is from an older build of this profile: rebuilding it.")
             build_random_llama_1b(path)
         return ModelChoice(
             profile,
@@ -194,15 +259,82 @@ def llama_config(spec: dict, **overrides) -> LlamaConfig:
     return LlamaConfig(**{**spec, **overrides})
 
 
-def build_random_llama_1b(path: Path) -> Path:
-    """Save Llama 3.2 1B's architecture with random bf16 weights and the tiny tokenizer, for memory studies."""
-    from transformers import LlamaForCausalLM
+def llama_3_2_tokenizer(chat_template: str = LLAMA_3_2_STYLE_TEMPLATE) -> PreTrainedTokenizerFast:
+    """A tokenizer with Llama 3.2's size and special-token ids, reusing the tiny tokenizer's BPE for text.
 
-    tokenizer = load_tokenizer(str(TINY_MODEL_DIR))
-    config = llama_config(LLAMA_3_2_1B, pad_token_id=tokenizer.pad_token_id)
+    Ids 0.. are the tiny tokenizer's text tokens (in their order), the rest up to 127999 are placeholders that
+    no text ever produces, and 128000..128255 are Llama 3.2's special tokens. Built the same way every time.
+    """
+    source = TINY_MODEL_DIR / "tokenizer.json"
+    if not source.exists():
+        raise FileNotFoundError(f"{source} is missing. Rebuild it with: python scripts/build_tiny_model.py")
+    tiny = Tokenizer.from_file(str(source))
+    tiny_json = json.loads(tiny.to_str())
+    tiny_specials = {t["content"] for t in tiny_json["added_tokens"]}
+    unknown = tiny_specials - set(LLAMA_3_2_SPECIAL_TOKENS)
+    if unknown:
+        raise ValueError(f"The tiny tokenizer has special tokens Llama 3.2 lacks: {sorted(unknown)}.")
+    by_id = sorted(tiny_json["model"]["vocab"].items(), key=lambda item: item[1])
+    text_tokens = [token for token, _ in by_id if token not in tiny_specials]
+    vocab = {token: i for i, token in enumerate(text_tokens)}
+    vocab.update({f"<|unused_text_token_{i}|>": i for i in range(len(text_tokens), LLAMA_3_2_FIRST_SPECIAL_ID)})
+    merges = [tuple(pair) for pair in tiny_json["model"]["merges"]]
+    backend = Tokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    backend.pre_tokenizer = tiny.pre_tokenizer
+    backend.decoder = tiny.decoder
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAMA_3_2_SPECIAL_TOKENS])
+    bos = LLAMA_3_2_SPECIAL_TOKENS[0]
+    backend.post_processor = TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, LLAMA_3_2_FIRST_SPECIAL_ID)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=bos,
+        eos_token=END_OF_TURN,  # as the Instruct tokenizer's config has it; no pad token (load_tokenizer sets it)
+        model_max_length=LLAMA_3_2_1B["max_position_embeddings"],
+    )
+    tokenizer.chat_template = chat_template
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in LLAMA_3_2_SPECIAL_TOKENS]
+    if len(tokenizer) != LLAMA_3_2_1B["vocab_size"] or ids != list(range(LLAMA_3_2_FIRST_SPECIAL_ID, len(tokenizer))):
+        raise RuntimeError("The Llama 3.2 tokenizer was built with the wrong size or special-token ids.")
+    return tokenizer
+
+
+def build_random_llama(path: Path, **body) -> Path:
+    """Save Llama 3.2 1B's configuration with random bf16 weights and a tokenizer with Llama 3.2's ids.
+
+    body overrides the shape (e.g. SHRUNK_BODY for tests); vocabulary and special-token ids stay Llama 3.2's.
+    """
+    fixed = {"vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"} & set(body)
+    if fixed:
+        raise ValueError(f"{sorted(fixed)} must stay Llama 3.2's; only the body's shape can change.")
+    tokenizer = llama_3_2_tokenizer()
+    config = llama_config(LLAMA_3_2_1B, pad_token_id=tokenizer.convert_tokens_to_ids(PAD_TOKEN), **body)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    return save_dir_atomic(path, lambda folder: (model.save_pretrained(folder), tokenizer.save_pretrained(folder)))
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    marker = {"version": RANDOM_1B_BUILD_VERSION, "vocab_size": len(tokenizer), "body": body}
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / BUILD_MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+
+    return save_dir_atomic(path, save)
+
+
+def build_random_llama_1b(path: Path) -> Path:
+    """Save Llama 3.2 1B's architecture with random bf16 weights (2.5 GB), for memory and speed studies."""
+    return build_random_llama(path)
+
+
+def is_current_build(path: Path, **body) -> bool:
+    """Whether path holds a random model written by this version of build_random_llama, with this body."""
+    try:
+        marker = json.loads((path / BUILD_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    current = marker.get("version") == RANDOM_1B_BUILD_VERSION and marker.get("body") == body
+    return current and (path / "model.safetensors").exists()
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
@@ -221,6 +353,6 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Token ids generation should stop on: end of turn and end of text."""
+    """Token ids generation should stop on: end of turn, end of message (Llama 3.2, after tool calls), end of text."""
     vocab = tokenizer.get_vocab()
-    return [vocab[t] for t in (END_OF_TURN, "<|end_of_text|>") if t in vocab]
+    return [vocab[t] for t in (END_OF_TURN, "<|eom_id|>", "<|end_of_text|>") if t in vocab]

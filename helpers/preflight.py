@@ -9,18 +9,15 @@ import shutil
 import sys
 import textwrap
 import warnings
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import huggingface_hub
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 from packaging.version import Version
 
+from helpers.install import CORE, REQUIREMENTS, installed_version, is_compatible, read_pins
 from helpers.memory import fit_verdict, format_bytes
 
-REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
-RUNTIME_MARKER = "# notebooks and tests"  # requirements.txt lists the test tools after this line
-WARN_ONLY = ("torch",)  # Colab keeps its own CUDA build of torch; a different torch is a warning, not an error
 TOKEN_HELP = (
     "create a token with read access at https://huggingface.co/settings/tokens, then run `hf auth login` "
     "in a terminal (or set the HF_TOKEN environment variable; in Colab: the key icon > Secrets > HF_TOKEN "
@@ -159,25 +156,16 @@ def _fine_grained_without_gated_read(token: str) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def read_pins(path: str | Path = REQUIREMENTS) -> dict[str, str]:
-    """The name==version pins of the runtime libraries in requirements.txt (not the test tools)."""
-    text = Path(path).read_text(encoding="utf-8").split(RUNTIME_MARKER)[0]
-    pins = {}
-    for line in text.splitlines():
-        line = line.split("#")[0].strip()
-        if "==" in line:
-            name, pinned = line.split("==", 1)
-            pins[name.strip()] = pinned.strip()
-    return pins
-
-
 def check_pinned_versions(path: str | Path = REQUIREMENTS) -> dict[str, str]:
-    """Compare installed and imported versions with requirements.txt; return the installed ones or raise."""
+    """Compare installed and imported versions with requirements.txt; return the installed ones or raise.
+
+    The rule is helpers.install's: core libraries need the pin's major.minor, the others only need to be
+    installed (another version is a warning), and torch is never replaced.
+    """
     installed, problems, warn = {}, [], []
     for name, pinned in read_pins(path).items():
-        try:
-            found = version(name)
-        except PackageNotFoundError:
+        found = installed_version(name)
+        if found is None:
             problems.append(f"{name} is not installed (pinned {pinned})")
             continue
         installed[name] = found
@@ -185,8 +173,10 @@ def check_pinned_versions(path: str | Path = REQUIREMENTS) -> dict[str, str]:
         loaded = getattr(module, "__version__", None)
         if loaded and Version(loaded).public != Version(found).public:
             problems.append(f"{name} {loaded} is imported but {found} is installed: restart the kernel")
+        elif name in CORE and not is_compatible(name, found, pinned):
+            problems.append(f"{name} {found} (pinned {pinned})")
         elif Version(found).public != Version(pinned).public:  # 2.13.0+cpu counts as 2.13.0
-            (warn if name in WARN_ONLY else problems).append(f"{name} {found} (pinned {pinned})")
+            warn.append(f"{name} {found} (pinned {pinned})")
     if warn:
         warnings.warn(
             f"Not the tested version: {', '.join(warn)}. Usually fine (e.g. Colab's own torch); if something "

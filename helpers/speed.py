@@ -22,12 +22,14 @@ class ThroughputCallback(TrainerCallback):
     The measured window runs from the end of step `warmup_steps` to the end of the last step, so
     logging (and any evaluation or checkpoint saving during training) inside that window is included.
     train_seconds is the wall time of the whole trainer.train() call, warm-up included.
+    A run of fewer than 2 * warmup_steps optimizer steps (e.g. a COURSE_SMOKE run) leaves out its first half only.
     """
 
     def __init__(self, warmup_steps: int = 2) -> None:
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be 0 or more, got {warmup_steps}.")
         self.warmup_steps = warmup_steps
+        self.warmup_used = warmup_steps  # lowered at on_train_begin for a run shorter than 2 * warmup_steps
         self.train_start = None  # time.perf_counter() at on_train_begin
         self.train_end = None  # time.perf_counter() at on_train_end
         self.steps_done = 0  # optimizer steps seen in this train() call
@@ -45,8 +47,10 @@ class ThroughputCallback(TrainerCallback):
         self.train_end = None
         self.steps_done = 0
         self.window_end = None
+        if getattr(state, "max_steps", 0) > 0:  # a short run: keep at least half of its steps
+            self.warmup_used = min(self.warmup_steps, state.max_steps // 2)
         self.window_start = (
-            (self.train_start, state.num_input_tokens_seen) if self.warmup_steps == 0 else None
+            (self.train_start, state.num_input_tokens_seen) if self.warmup_used == 0 else None
         )
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -55,9 +59,9 @@ class ThroughputCallback(TrainerCallback):
         self.steps_done += 1
         if state.num_input_tokens_seen == 0:
             raise ValueError(TOKENS_NOT_COUNTED)
-        if self.steps_done == self.warmup_steps:
+        if self.steps_done == self.warmup_used:
             self.window_start = (now, state.num_input_tokens_seen)
-        elif self.steps_done > self.warmup_steps:
+        elif self.steps_done > self.warmup_used:
             self.window_end = (now, state.num_input_tokens_seen, self.steps_done)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -80,14 +84,14 @@ class ThroughputCallback(TrainerCallback):
             return result
         if self.window_start is None or self.window_end is None:
             result["reason"] = (
-                f"only {self.steps_done} optimizer step(s) ran, and the first {self.warmup_steps} are warm-up: "
-                f"train for more than {self.warmup_steps} steps (max_steps) or lower warmup_steps."
+                f"only {self.steps_done} optimizer step(s) ran, and the first {self.warmup_used} are warm-up: "
+                f"train for more than {self.warmup_used} steps (max_steps) or lower warmup_steps."
             )
             return result
         start_time, start_tokens = self.window_start
         end_time, end_tokens, end_step = self.window_end
         seconds = end_time - start_time
-        result["measured_steps"] = end_step - self.warmup_steps
+        result["measured_steps"] = end_step - self.warmup_used
         result["tokens_measured"] = end_tokens - start_tokens
         if seconds <= 0:
             result["reason"] = "the measured steps took no measurable time."

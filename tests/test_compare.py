@@ -105,13 +105,16 @@ def test_lora_counts_match_the_numbers_tutorials_quote():
 def test_method_estimates_follow_the_recipes():
     args = {"seq_len": 512, "batch_size": 4}
     params = 1_235_814_400
-    full_t4 = method_estimate(LLAMA_3_2_1B, "full", bf16=False, **args)
-    assert full_t4["weights"] == full_t4["gradients"] == 4 * params and full_t4["optimizer_states"] == 8 * params
-    full_bf16 = method_estimate(LLAMA_3_2_1B, "full", **args)
-    assert full_bf16["optimizer_states"] == 4 * params, "PyTorch AdamW keeps bf16 moments for bf16 weights"
+    for bf16 in (True, False):  # float32 master weights on Ampere and on a T4 alike
+        full = method_estimate(LLAMA_3_2_1B, "full", bf16=bf16, **args)
+        assert full["weights"] == full["gradients"] == 4 * params and full["optimizer_states"] == 8 * params
+        assert full["autocast_copies"] == 2 * params, "autocast keeps a 16-bit copy of every float32 weight"
     assert method_estimate(LLAMA_3_2_1B, "full, 8-bit", **args)["optimizer_states"] == 2 * params
     lora, qlora = (method_estimate(LLAMA_3_2_1B, m, **args) for m in ("lora", "qlora"))
-    assert qlora["weights"] < full_bf16["weights"] < lora["weights"], "LoRA adds its float32 adapter to the bf16 base"
+    assert qlora["weights"] < lora["weights"] < full["weights"], "a 16-bit base is half a float32 one"
+    assert "autocast_copies" not in lora, "a 16-bit base needs no autocast copies"
+    qlora_t4 = method_estimate(LLAMA_3_2_1B, "qlora", bf16=False, **args)
+    assert qlora_t4["gradients"] == 2 * qlora["gradients"], "float32 adapters on a T4 (fp16's scaler can't take bf16)"
     with pytest.raises(ValueError, match="Unknown method 'dora': use one of full, full, 8-bit, lora, qlora"):
         method_estimate(LLAMA_3_2_1B, "dora", **args)
 

@@ -7,7 +7,16 @@ import re
 import pytest
 import torch
 
-from helpers.hardware import Hardware, choose_precision, detect_hardware, package_versions
+from helpers import hardware as hardware_module
+from helpers.hardware import (
+    BF16,
+    FP16_MIXED,
+    FP32,
+    Hardware,
+    choose_precision,
+    detect_hardware,
+    package_versions,
+)
 
 
 @pytest.mark.parametrize(
@@ -90,6 +99,43 @@ def test_describe_cuda_line_mentions_gpu_and_precision():
     )
     line = hardware.describe()
     assert "Tesla T4" in line and "7.5" in line and "15.0 GiB" in line and line.endswith("fp16 mixed")
+
+
+def test_course_precision_overrides_the_rule_where_the_device_can_do_it(monkeypatch):
+    assert choose_precision("cuda", (9, 0), "fp16") is FP16_MIXED  # the T4 regime on an H100
+    assert choose_precision("cuda", (9, 0), "fp32") is FP32
+    assert choose_precision("cuda", (7, 5), "auto") is FP16_MIXED
+    assert choose_precision("cpu", None, "bf16") is BF16
+    with pytest.raises(ValueError, match="float16 mixed precision needs a CUDA GPU"):
+        choose_precision("cpu", None, "fp16")
+    with pytest.raises(ValueError, match=r"compute capability 7\.5: it only emulates bfloat16"):
+        choose_precision("cuda", (7, 5), "bf16")
+    with pytest.raises(ValueError, match="'half' is not a precision: use auto, bf16, fp16 or fp32"):
+        choose_precision("cuda", (9, 0), "half")
+    monkeypatch.setenv("COURSE_PRECISION", "bf16")
+    found = detect_hardware()
+    if found.device_type == "cpu":
+        assert found.precision is BF16 and found.precision_forced
+        assert found.describe().endswith("bf16 (set by COURSE_PRECISION)")
+
+
+def test_gpu_memory_cap_sets_the_process_fraction(monkeypatch):
+    fractions = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device: fractions.append((f, device)))
+    monkeypatch.setenv("COURSE_GPU_MEMORY_GIB", "15")
+    assert hardware_module._cap_gpu_memory(80 * 2**30) == (15 * 2**30, 80 * 2**30)
+    assert fractions == [(15 / 80, 0)]
+    monkeypatch.setenv("COURSE_GPU_MEMORY_GIB", "100")
+    with pytest.raises(ValueError, match=r"at most this GPU's 80\.0 GiB"):
+        hardware_module._cap_gpu_memory(80 * 2**30)
+    monkeypatch.setenv("COURSE_GPU_MEMORY_GIB", "a T4")
+    with pytest.raises(ValueError, match="is not a number of GiB"):
+        hardware_module._cap_gpu_memory(80 * 2**30)
+    monkeypatch.delenv("COURSE_GPU_MEMORY_GIB")
+    assert hardware_module._cap_gpu_memory(80 * 2**30) == (80 * 2**30, None)
+    capped = Hardware("cuda", "NVIDIA H100", (9, 0), 15 * 2**30, 16, FP16_MIXED, True, 80 * 2**30)
+    assert "capped at 15.0 of 80.0 GiB by COURSE_GPU_MEMORY_GIB" in capped.describe()
+    assert capped.describe().endswith("fp16 mixed (set by COURSE_PRECISION)")
 
 
 def test_package_versions():

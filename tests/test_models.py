@@ -2,25 +2,57 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaForCausalLM
+from safetensors import safe_open
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaForCausalLM,
+    LogitsProcessor,
+    LogitsProcessorList,
+)
 
 from helpers import models
 from helpers.artifacts import save_dir_atomic
-from helpers.data import load_support, to_conversational
+from helpers.data import check_lengths, load_support, to_conversational
 from helpers.evaluate import eval_loss, generate_replies, tokenize_with_mask
+from helpers.guards import check_special_tokens
 from helpers.models import (
+    CHAT_TEMPLATE_KWARGS,
     LLAMA_3_2_1B,
+    LLAMA_3_2_SPECIAL_TOKENS,
+    LLAMA_3_2_STYLE_TEMPLATE,
+    SHRUNK_BODY,
     TINY_MODEL_DIR,
+    build_random_llama,
     choose_model,
+    llama_3_2_tokenizer,
     llama_config,
     load_tokenizer,
     resolve_profile,
     stop_token_ids,
 )
+
+# Llama 3.2 1B Instruct's special-token ids, as its tokenizer and configs publish them.
+LLAMA_IDS = {
+    "<|begin_of_text|>": 128000,
+    "<|end_of_text|>": 128001,
+    "<|reserved_special_token_0|>": 128002,
+    "<|reserved_special_token_1|>": 128003,
+    "<|finetune_right_pad_id|>": 128004,
+    "<|reserved_special_token_2|>": 128005,
+    "<|start_header_id|>": 128006,
+    "<|end_header_id|>": 128007,
+    "<|eom_id|>": 128008,
+    "<|eot_id|>": 128009,
+    "<|python_tag|>": 128010,
+    "<|reserved_special_token_3|>": 128011,
+    "<|reserved_special_token_247|>": 128255,
+}
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +208,135 @@ def test_published_parameter_counts_on_the_meta_device(spec, expected):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(llama_config(getattr(models, spec)))
     assert count_parameters(model)[1] == expected
+
+
+# ---------------------------------------------------------------------------
+# The llama-3.2-1b-random profile: Llama 3.2's vocabulary and special ids (built shrunk here, not 2.5 GB)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shrunk_profile(tmp_path_factory):
+    """The random-1B profile's folder, built by the same code with a toy body (2 layers, hidden size 64)."""
+    return build_random_llama(tmp_path_factory.mktemp("profile") / "llama-3.2-1b-random", **SHRUNK_BODY)
+
+
+def test_random_profile_tokenizer_has_llama_3_2_size_and_ids(tokenizer):
+    built = llama_3_2_tokenizer()
+    assert len(built) == 128256 == LLAMA_3_2_1B["vocab_size"]
+    assert {t: built.convert_tokens_to_ids(t) for t in LLAMA_IDS} == LLAMA_IDS
+    assert [built.convert_tokens_to_ids(t) for t in LLAMA_3_2_SPECIAL_TOKENS] == list(range(128000, 128256))
+    assert (built.bos_token, built.eos_token, built.pad_token) == ("<|begin_of_text|>", "<|eot_id|>", None)
+    assert built.chat_template == LLAMA_3_2_STYLE_TEMPLATE
+    # text keeps the tiny tokenizer's BPE: its text ids move down past the 8 special tokens it puts first
+    text = "Hi, order 48213 never arrived: the desk lamp."
+    tiny_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert built(text, add_special_tokens=False)["input_ids"] == [i - 8 for i in tiny_ids]
+    assert built(text)["input_ids"][0] == 128000
+    assert built.decode(built(text, add_special_tokens=False)["input_ids"]) == text
+    # deterministic: a second build is byte for byte the same
+    assert built.backend_tokenizer.to_str() == llama_3_2_tokenizer().backend_tokenizer.to_str()
+
+
+def test_random_profile_folder_matches_llama_3_2(shrunk_profile):
+    config = json.loads((shrunk_profile / "config.json").read_text())
+    generation = json.loads((shrunk_profile / "generation_config.json").read_text())
+    saved = json.loads((shrunk_profile / "tokenizer_config.json").read_text())
+    for cfg in (config, generation):
+        ids = (cfg["bos_token_id"], cfg["eos_token_id"], cfg["pad_token_id"])
+        assert ids == (128000, [128001, 128008, 128009], 128004)
+    assert config["vocab_size"] == 128256 and config["num_hidden_layers"] == 2
+    assert "pad_token" not in saved and saved["eos_token"] == "<|eot_id|>"
+    with safe_open(str(shrunk_profile / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    assert json.loads((shrunk_profile / models.BUILD_MARKER).read_text())["version"] == models.RANDOM_1B_BUILD_VERSION
+
+
+class ForceToken(LogitsProcessor):
+    """Make greedy decoding pick `token` once `after` new tokens exist (random weights never stop by themselves)."""
+
+    def __init__(self, prompt_len: int, after: int, token: int):
+        self.prompt_len, self.after, self.token = prompt_len, after, token
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] - self.prompt_len >= self.after:
+            scores = torch.full_like(scores, -math.inf)
+            scores[:, self.token] = 0.0
+        return scores
+
+
+def test_random_profile_runs_a_step_and_generates(shrunk_profile):
+    tokenizer = load_tokenizer(str(shrunk_profile))
+    model = AutoModelForCausalLM.from_pretrained(shrunk_profile, dtype=torch.float32)
+    check_special_tokens(model, tokenizer)  # refused every notebook before the fix
+    assert tokenizer.pad_token_id == 128004 and stop_token_ids(tokenizer) == [128009, 128008, 128001]
+
+    examples = to_conversational(load_support({"train": 2})["train"], chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
+    ids, labels = tokenize_with_mask(tokenizer, examples[0])
+    assert check_lengths(examples, tokenizer, 256)["max"] >= len(ids)
+    assert ids[0] == 128000 and labels[-1] == 128009 and -100 in labels
+
+    model.train()
+    loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
+    loss.backward()
+    assert abs(loss.item() - math.log(128256)) < 0.5  # random weights: about uniform over the whole vocabulary
+    assert model.model.embed_tokens.weight.grad[128009].abs().sum() > 0  # end of turn is trained on
+
+    model.eval()
+    prompt = labels.count(-100)
+    inputs = torch.tensor([ids[:prompt]])
+    for stop in stop_token_ids(tokenizer):
+        out = model.generate(
+            inputs,
+            attention_mask=torch.ones_like(inputs),
+            max_new_tokens=6,
+            do_sample=False,
+            eos_token_id=stop_token_ids(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            logits_processor=LogitsProcessorList([ForceToken(prompt, 2, stop)]),
+        )
+        assert out.shape[1] == prompt + 3 and out[0, -1].item() == stop  # stopped on it
+    free = model.generate(inputs, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    reply = tokenizer.decode(free[0, prompt:], skip_special_tokens=True).strip()
+    assert generate_replies(model, tokenizer, [examples[0]["prompt"]], max_new_tokens=4) == [reply]
+
+
+def test_tiny_tokenizer_with_the_1b_config_is_refused(tmp_path):
+    """The old random-1B build (Llama 3.2 1B config, tiny tokenizer) fails the special-token guard; the new passes."""
+    tiny = load_tokenizer(str(TINY_MODEL_DIR))
+    with torch.device("meta"):
+        old = LlamaForCausalLM(llama_config(LLAMA_3_2_1B, pad_token_id=tiny.pad_token_id))
+    assert len(tiny) != old.config.vocab_size
+    refused = r"does not stop on <\|eot_id\|> \(generation_config.eos_token_id=\[128001, 128008, 128009\]"
+    with pytest.raises(ValueError, match=refused):
+        check_special_tokens(old, tiny)
+
+    llama_3_2_tokenizer().save_pretrained(tmp_path)
+    new_tokenizer = load_tokenizer(str(tmp_path))
+    with torch.device("meta"):
+        new = LlamaForCausalLM(llama_config(LLAMA_3_2_1B, pad_token_id=new_tokenizer.pad_token_id))
+    check_special_tokens(new, new_tokenizer)
+    assert len(new_tokenizer) == new.config.vocab_size
+
+
+def test_stale_random_profile_folder_is_rebuilt(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "CACHE_DIR", tmp_path)
+    built = []
+
+    def build_shrunk(path):
+        built.append(path)
+        return build_random_llama(path, **SHRUNK_BODY)
+
+    monkeypatch.setattr(models, "build_random_llama_1b", build_shrunk)
+    stale = tmp_path / "llama-3.2-1b-random"  # what the old build left: the 1B config with the tiny tokenizer
+    load_tokenizer(str(TINY_MODEL_DIR)).save_pretrained(stale)
+    llama_config(LLAMA_3_2_1B, pad_token_id=5).save_pretrained(stale)
+    (stale / "model.safetensors").write_bytes(b"old weights")
+    choice = choose_model("llama-3.2-1b-random")
+    assert built == [stale] and choice.path == str(stale)
+    assert len(AutoTokenizer.from_pretrained(choice.path)) == 128256
+    assert models.is_current_build(stale, **SHRUNK_BODY) and not models.is_current_build(stale)  # not full size
+    marker = stale / models.BUILD_MARKER  # make the shrunk folder pass for a current full-size one
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "body": {}}))
+    choose_model("llama-3.2-1b-random")
+    assert built == [stale]  # a current folder is reused, not rebuilt

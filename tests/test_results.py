@@ -180,6 +180,22 @@ def test_throughput_without_warmup_starts_at_train_begin(monkeypatch):
     assert summary["train_seconds"] == 4.0
 
 
+def test_throughput_of_a_short_run_keeps_its_second_half(monkeypatch):
+    """A COURSE_SMOKE run of 4 steps with warmup_steps=5 still measures its last 2 steps."""
+    clock = FakeClock()
+    monkeypatch.setattr(speed, "time", clock)
+    callback = ThroughputCallback(warmup_steps=5)
+    state, control = TrainerState(max_steps=4), TrainerControl()
+    callback.on_train_begin(COUNTING_ARGS, state, control)
+    for step, (now, tokens) in enumerate([(5.0, 100), (6.0, 200), (7.0, 300), (9.0, 500)], start=1):
+        clock.now, state.global_step, state.num_input_tokens_seen = now, step, tokens
+        callback.on_step_end(COUNTING_ARGS, state, control)
+    callback.on_train_end(COUNTING_ARGS, state, control)
+    summary = callback.summary()
+    assert summary["measured_steps"] == 2 and summary["tokens_measured"] == 300
+    assert summary["tokens_per_second"] == 100.0
+
+
 def test_throughput_with_too_few_steps_says_why(monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(speed, "time", clock)

@@ -1,0 +1,106 @@
+"""The notebooks' own cells, run on CPU in every precision regime: which dtypes the optimizer will actually step.
+
+A T4 trains in fp16 mixed precision, Ampere and newer GPUs in bf16, the CPU in fp32. The Trainer builds its
+optimizer from the parameters as they are after the trainer is built, so that is what these tests inspect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from helpers.evaluate import tokenize_with_mask
+from helpers.hardware import BF16, FP16_MIXED, FP32, Precision
+from helpers.models import TINY_MODEL_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+REGIMES = {"bf16": BF16, "fp16": FP16_MIXED, "fp32": FP32}
+
+
+def notebook_cells(name: str) -> list[str]:
+    cells = json.loads((ROOT / "notebooks" / name).read_text(encoding="utf-8"))["cells"]
+    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+
+
+def run_cells(name: str, needles: list[str], namespace: dict) -> dict:
+    """Execute, in order, the notebook's code cells that contain each needle (one cell per needle)."""
+    cells = notebook_cells(name)
+    for needle in needles:
+        [cell] = [c for c in cells if needle in c]
+        exec(compile(cell, f"{name}: cell with {needle!r}", "exec"), namespace)
+    return namespace
+
+
+def notebook_namespace(tmp_path: Path, precision: Precision, memory_bytes: int = 64 * 2**30) -> dict:
+    """The variables the notebooks' earlier cells define, for the tiny profile on this CPU."""
+    hardware = SimpleNamespace(device_type="cpu", name="cpu", total_memory_bytes=memory_bytes, precision=precision)
+    return {
+        "precision": precision, "hardware": hardware, "profile": "tiny", "choice": SimpleNamespace(path=str(TINY_MODEL_DIR)),
+        "SEED": 42, "MAX_LENGTH": 256, "TRAIN_EXAMPLES": 8, "EVAL_EXAMPLES": 4, "TEST_EXAMPLES": 2,
+        "REPORT_TO": "none", "output_dir": tmp_path, "os": os,
+        "tokenize_with_mask": tokenize_with_mask,  # imported by a section 3 cell these tests skip
+    }
+
+
+def stepped_dtypes(trainer) -> set[torch.dtype]:
+    """The dtypes of the parameters in the optimizer the Trainer builds at train()."""
+    optimizer = trainer.create_optimizer()
+    return {p.dtype for group in optimizer.param_groups for p in group["params"]}
+
+
+QLORA_CELLS = ["bnb_config = BitsAndBytesConfig(", "raw = load_support(", "model = prepare_model_for_kbit_training(",
+               "lora_config = LoraConfig(", "trainer = SFTTrainer("]
+
+
+@pytest.mark.parametrize("regime, expected", [("bf16", torch.bfloat16), ("fp16", torch.float32), ("fp32", torch.float32)])
+def test_qlora_adapters_are_stepped_in_a_dtype_the_regime_can_train(tmp_path, regime, expected):
+    """TRL casts a 4-bit model's adapters to bf16; fp16's GradScaler can't unscale bf16 gradients on CUDA."""
+    ns = run_cells("03_qlora.ipynb", QLORA_CELLS, notebook_namespace(tmp_path, REGIMES[regime]))
+    assert ns["training_args"].fp16 == (regime == "fp16") and ns["training_args"].bf16 == (regime == "bf16")
+    assert stepped_dtypes(ns["trainer"]) == {expected}
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+def test_lora_adapters_are_stepped_in_float32(tmp_path, regime):
+    cells = ["model = AutoModelForCausalLM.from_pretrained(", "raw = load_support(", "lora_config = LoraConfig(",
+             "trainer = SFTTrainer("]
+    ns = run_cells("02_lora.ipynb", cells, notebook_namespace(tmp_path, REGIMES[regime]))
+    assert stepped_dtypes(ns["trainer"]) == {torch.float32}
+
+
+FULL_CELLS = ["tracker = MemoryTracker(", "raw = load_support(", "rows = [tokenize_with_mask(",
+              "trainable, total = count_parameters(model)\nprint(f\"trainable:", "plans = [", "trainer = SFTTrainer("]
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+def test_full_fine_tuning_steps_float32_master_weights_when_memory_allows(tmp_path, regime):
+    """Pure bf16 weights would round away AdamW steps below half a bf16 spacing (~6e-5 next to 0.02)."""
+    ns = run_cells("01_full_finetuning.ipynb", FULL_CELLS, notebook_namespace(tmp_path, REGIMES[regime]))
+    assert ns["plan"]["name"] == "plain" and ns["plan"]["weights"] == "float32"
+    assert stepped_dtypes(ns["trainer"]) == {torch.float32}
+    estimate = ns["plan_estimate"](ns["plan"], 256)
+    if regime == "fp32":
+        assert "autocast_copies" not in estimate, "no autocast, no 16-bit copies"
+    else:
+        assert estimate["autocast_copies"] == 2 * ns["total"], "autocast keeps a 16-bit copy of each float32 weight"
+
+
+def test_full_fine_tuning_falls_back_to_pure_bf16_only_when_nothing_else_fits(tmp_path):
+    ns = notebook_namespace(tmp_path, BF16)
+    run_cells("01_full_finetuning.ipynb", FULL_CELLS[:5], ns)  # plenty of memory: plain, float32
+    need = {p["name"]: ns["plan_estimate"](p, ns["longest"])["total"] for p in ns["plans"]}
+    assert need["pure bf16"] < need["low memory"] < need["plain"]
+    between = int((need["pure bf16"] + need["low memory"]) / 2 / 0.9)  # choose_plan keeps a 10% margin
+    ns["hardware"].total_memory_bytes = between
+    run_cells("01_full_finetuning.ipynb", ["plans = ["], ns)
+    assert ns["plan"]["name"] == "pure bf16"
+    assert {p.dtype for p in ns["model"].parameters()} == {torch.bfloat16}
+    fp16 = notebook_namespace(tmp_path, FP16_MIXED, memory_bytes=between)
+    run_cells("01_full_finetuning.ipynb", FULL_CELLS[:4], fp16)
+    with pytest.raises(MemoryError):  # no pure-16-bit plan on a T4: float16 weights can't be trained
+        run_cells("01_full_finetuning.ipynb", ["plans = ["], fp16)
