@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: course test lint venv clean-venv
+.PHONY: course test lint venv clean-venv smoke-random gpu-check-dry-run
 
 venv: $(STAMP)
 
@@ -29,6 +29,18 @@ test: $(STAMP)
 	COURSE_PROFILE=$${COURSE_PROFILE:-tiny} COURSE_RESULTS_DIR=$(CURDIR)/.cache/test-run/results \
 	COURSE_OUTPUT_DIR=$(CURDIR)/.cache/test-run/outputs \
 	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 tests notebooks
+
+# Notebooks 1-3 in the llama-3.2-1b-random profile with the smoke budget (real Llama 3.2 1B shapes, random weights);
+# the executed copies go to .cache/smoke-random/, the committed notebooks are left alone.
+smoke-random: $(STAMP)
+	COURSE_PROFILE=llama-3.2-1b-random COURSE_SMOKE=1 COURSE_RESULTS_DIR=$(CURDIR)/.cache/smoke-random/results \
+	COURSE_OUTPUT_DIR=$(CURDIR)/.cache/smoke-random/outputs \
+	$(PY) scripts/run_course.py --out .cache/smoke-random --summary .cache/smoke-random/summary.json --no-compare \
+	notebooks/01_full_finetuning.ipynb notebooks/02_lora.ipynb notebooks/03_qlora.ipynb
+
+# What scripts/gpu_check.sh would run on a GPU (it does this by itself where there is no CUDA).
+gpu-check-dry-run: $(STAMP)
+	PYTHON=$(PY) bash scripts/gpu_check.sh --dry-run
 
 clean-venv:
 	rm -rf $(VENV)
