@@ -86,4 +86,5 @@ def method_estimate(
         activation_bytes=2,
         gradient_checkpointing=gradient_checkpointing,
         autocast_copy_params=copies,
+        embedding_params=c.vocab_size * c.hidden_size if method.startswith("full") else 0,  # 32-bit states with 8-bit AdamW
     )

@@ -33,6 +33,7 @@ Settings (environment; the defaults fit the device tool's 10-minute limit with r
     GPU_CHECK_WHEELS=<repo>/.whl      wheels to install first; GPU_CHECK_SITE=/tmp/site where they go
     GPU_CHECK_RESULTS=<repo>/results/gpu  where <slug>/<regime>/ go
     GPU_CHECK_NOTEBOOKS, GPU_CHECK_REGIMES  space-separated overrides of the notebooks (paths) and regimes
+    GPU_CHECK_RUNS                    space-separated regime:notebook pairs, in order (overrides both, e.g. a rerun)
     OUT                               if set: $OUT/gpu_results.tar.gz (results/gpu/) and the executed notebooks
                                       of up to 4 failed runs ($OUT/gpu_check.log comes from gpu_check.sh)
 Option --allow-cpu (for tests on a machine without CUDA): run anyway, with GPU slug 'cpu' and no bitsandbytes
@@ -197,6 +198,10 @@ class Check:
         # The training notebooks of both regimes first, the comparisons last: a deadline skips what matters least.
         pairs = [(regime, (ROOT / nb).resolve()) for regime in regimes for nb in notebooks if "compare" not in nb]
         pairs += [(regime, (ROOT / nb).resolve()) for regime in regimes for nb in notebooks if "compare" in nb]
+        if os.environ.get("GPU_CHECK_RUNS"):  # e.g. "t4:notebooks/03_qlora.ipynb native:notebooks/01_full_finetuning.ipynb"
+            pairs = [(r, (ROOT / nb).resolve()) for r, nb in (item.split(":", 1) for item in os.environ["GPU_CHECK_RUNS"].split())]
+            if any(r not in REGIMES for r, _ in pairs):
+                raise SystemExit(f"GPU_CHECK_RUNS: regimes are {list(REGIMES)}")
         self.runs = [Run(i, regime, nb, self.run_env(regime)) for i, (regime, nb) in enumerate(pairs, 1)]
         self.preflight: dict = {"ok": None, "error": None}
         self.versions: dict = {}
@@ -400,7 +405,7 @@ class Check:
             path = self.results_dir(regime) / "check.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".json.partial")
-            tmp.write_text(json.dumps(check, indent=2) + "\n")
+            tmp.write_text(json.dumps(check, indent=2).replace(f"{ROOT}/", "") + "\n")  # repository paths, relative
             os.replace(tmp, path)
 
     def skip_all(self, why: str) -> None:

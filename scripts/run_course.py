@@ -94,6 +94,9 @@ def run_notebook(
     is re-raised after saving), else in place and only when it ran to the end.
     """
     nb = nb if nb is not None else nbformat.read(path, as_version=4)
+    for cell in nb.cells:  # a run that stops early must not keep the committed outputs of the cells it never ran
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
     start = time.time()
     deadline = start + timeout if timeout else None
 

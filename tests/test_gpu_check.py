@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
@@ -303,9 +303,12 @@ def test_run_course_out_and_summary(tmp_path):
 
 
 def test_run_course_stops_at_a_failure_unless_keep_going(tmp_path):
+    never_ran = new_code_cell("# NBVAL_CHECK_OUTPUT\nprint('stale')", execution_count=9,
+                              outputs=[new_output("stream", name="stdout", text="stale: committed output\n")])
     bad = write_notebook(
         tmp_path / "bad.ipynb",
-        [new_code_cell("print('before the error')", metadata={"tags": ["nbval-check-output"]}), new_code_cell("1/0")],
+        [new_code_cell("print('before the error')", metadata={"tags": ["nbval-check-output"]}), new_code_cell("1/0"),
+         never_ran],
     )
     good = write_notebook(tmp_path / "good.ipynb", [new_code_cell("print('fine')")])
     before = bad.read_bytes()
@@ -318,7 +321,7 @@ def test_run_course_stops_at_a_failure_unless_keep_going(tmp_path):
         summary = json.loads(summary_path.read_text())
         first, second = summary["notebooks"]
         assert first["status"] == "failed" and "ZeroDivisionError" in first["error"]
-        assert first["checks"] == {"0": "before the error\n"}  # the tagged golden cell
+        assert first["checks"] == {"0": "before the error\n"}  # the tagged golden cell; not the stale one after the error
         assert nbformat.read(out / "bad.ipynb", as_version=4).cells[0].outputs  # saved as far as it ran
         assert second["status"] == good_status
         assert (out / "good.ipynb").exists() == keep_going

@@ -140,6 +140,13 @@ def test_estimate_training_memory_arithmetic():
     assert estimate_training_memory(**ESTIMATE_ARGS, optimizer="paged_adamw_8bit")["optimizer_states"] == 200
     assert estimate_training_memory(**ESTIMATE_ARGS, optimizer="adamw_8bit")["optimizer_states"] == 200
     assert estimate_training_memory(**ESTIMATE_ARGS, optimizer="sgd")["optimizer_states"] == 0
+    embedding = estimate_training_memory(**ESTIMATE_ARGS, optimizer="paged_adamw_8bit", embedding_params=10)
+    assert embedding["optimizer_states"] == 200 + 10 * 6, "8-bit AdamW keeps embedding states in 32 bits"
+    assert embedding["total_on_gpu"] == embedding["total"] - embedding["optimizer_states"], "paged states can leave the GPU"
+    fits, why = fit_verdict(embedding, embedding["total_on_gpu"], where="a GPU", margin=0)
+    assert fits and "plus 260 B of paged optimizer states that can move to CPU memory" in why
+    assert "total_on_gpu" not in estimate_training_memory(**ESTIMATE_ARGS, optimizer="adamw_8bit")
+    assert estimate_training_memory(**ESTIMATE_ARGS, embedding_params=10)["optimizer_states"] == 800
     bf16 = estimate_training_memory(**ESTIMATE_ARGS, grad_bytes_per_param=2)
     assert bf16["gradients"] == 200
     assert bf16["optimizer_states"] == 400, "PyTorch AdamW keeps its moments in the weights' dtype"
