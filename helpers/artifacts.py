@@ -6,6 +6,14 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shown(path: str | Path) -> str:
+    """A path as the notebooks print it: relative to the course folder when inside it, so outputs hold no machine paths."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
 
 def save_dir_atomic(path: str | Path, save: Callable[[Path], None]) -> Path:
     """Call save(tmp_folder), then swap the finished folder into place; on failure the old folder stays."""

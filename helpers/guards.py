@@ -13,6 +13,7 @@ from safetensors import safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer_utils import sort_checkpoints
 
+from helpers.artifacts import shown
 from helpers.models import END_OF_TURN, NO_TEMPLATE_HELP, stop_token_ids
 
 FINGERPRINT_FILE = "base_fingerprint.json"
@@ -325,20 +326,20 @@ def last_good_checkpoint(output_dir: str | Path, quiet: bool = False) -> str | N
     """The newest complete checkpoint-N folder in output_dir (skipping broken ones), or None to start fresh."""
     say = (lambda *a: None) if quiet else print
     if not Path(output_dir).is_dir():
-        say(f"No checkpoints yet ({output_dir} does not exist): training starts from the beginning.")
+        say(f"No checkpoints yet ({shown(output_dir)} does not exist): training starts from the beginning.")
         return None
     for folder in reversed(sort_checkpoints(str(output_dir))):
         problem = checkpoint_problem(folder)
         if problem is None:
             state = json.loads((Path(folder) / "trainer_state.json").read_text(encoding="utf-8"))
             if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"]:
-                say(f"The last run in {output_dir} finished ({Path(folder).name} is its last step): "
+                say(f"The last run in {shown(output_dir)} finished ({Path(folder).name} is its last step): "
                     "training starts from the beginning.")
                 return None
-            say(f"Resuming from {folder}.")
+            say(f"Resuming from {shown(folder)}.")
             return folder
-        say(f"Skipping {folder}: {problem} (interrupted while saving?).")
-    say(f"No complete checkpoint in {output_dir}: training starts from the beginning.")
+        say(f"Skipping {shown(folder)}: {problem} (interrupted while saving?).")
+    say(f"No complete checkpoint in {shown(output_dir)}: training starts from the beginning.")
     return None
 
 
@@ -397,7 +398,7 @@ def train_with_checkpoints(trainer: Trainer, resume: bool = True):
         trainer.remove_callback(guard)
     if guard.interrupted:
         raise KeyboardInterrupt(
-            f"Training interrupted at step {guard.step}; checkpoint saved in {output_dir}/checkpoint-{guard.step}. "
+            f"Training interrupted at step {guard.step}; checkpoint saved in {shown(output_dir)}/checkpoint-{guard.step}. "
             "Re-run this cell to resume from it (later cells would otherwise use a half-trained model)."
         )
     return output

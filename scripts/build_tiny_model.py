@@ -29,7 +29,7 @@ from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedTokenizer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from helpers.artifacts import save_dir_atomic  # noqa: E402
+from helpers.artifacts import save_dir_atomic, shown  # noqa: E402
 from helpers.models import (  # noqa: E402
     CHAT_TEMPLATE,
     END_OF_TURN,
@@ -221,7 +221,7 @@ def main() -> None:
     info = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "corpus_tokens": len(stream),
-        "args": {k: str(v) for k, v in vars(args).items()},
+        "args": {k: shown(v) if isinstance(v, Path) else str(v) for k, v in vars(args).items()},  # no machine paths
         "torch": torch.__version__,
         "loss_history": history,
     }

@@ -129,8 +129,16 @@ def run_notebook(
     return time.time() - start
 
 
+OBJECT_REPR = re.compile(r"<[\w.]+ (object )?at 0x[0-9a-f]+>")
+
+
 def save(nb: dict, path: Path) -> None:
-    """Write a notebook atomically."""
+    """Write a notebook atomically, without bare object reprs where a table (HTML) says the same."""
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "text/html" in data and OBJECT_REPR.fullmatch(str(data.get("text/plain", "")).strip()):
+                del data["text/plain"]  # e.g. '<pandas.io.formats.style.Styler at 0x7f...>' beside its HTML table
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".ipynb.partial")
     nbformat.write(nb, tmp)
@@ -176,6 +184,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    # Stored outputs get no progress-bar frames (the kernels inherit this; interactive runs keep their bars).
+    os.environ.setdefault("TQDM_DISABLE", "1")
     paths = [p.resolve() for p in args.notebooks] or [ROOT / "notebooks" / n for n in NOTEBOOKS]
     missing = [p for p in paths if not p.exists()]
     for path in missing:

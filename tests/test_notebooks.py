@@ -86,6 +86,27 @@ def test_outputs_come_from_one_clean_run(path):
     assert not errors, f"{path.name} has a stored error output"
 
 
+MACHINE_PATH = re.compile(r"(/work/|/home/|/root/|/Users/|/tmp/|site-packages)")
+LEFTOVERS = {"a progress-bar frame": re.compile(r"it/s\]"), "a machine path": MACHINE_PATH,
+             "an object repr": re.compile(r" at 0x[0-9a-f]+")}
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_stored_outputs_hold_no_progress_bars_machine_paths_or_object_reprs(path):
+    found = []
+    for i, cell in enumerate(code_cells(load(path))):
+        for output in cell["outputs"]:
+            text = text_of(output)
+            found += [f"cell {i}: {what}" for what, pattern in LEFTOVERS.items() if pattern.search(text)]
+    assert not found, f"{path.name}: {found[:5]}"
+
+
+def test_results_and_build_info_hold_no_machine_paths():
+    root = NOTEBOOKS.parent
+    for path in [*sorted((root / "results").glob("*.json")), root / "models" / "tiny-llama-support" / "build_info.json"]:
+        assert not MACHINE_PATH.search(path.read_text(encoding="utf-8")), f"{path.name} holds a machine path"
+
+
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_first_output_states_profile_model_hardware_and_versions(path):
     nb = load(path)
