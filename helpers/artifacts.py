@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -15,17 +16,18 @@ def shown(path: str | Path) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
-def save_dir_atomic(path: str | Path, save: Callable[[Path], None]) -> Path:
-    """Call save(tmp_folder), then swap the finished folder into place; on failure the old folder stays."""
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder to save into; it replaces path only if the block completes, else the old folder stays."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     old = path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save(tmp)
+        yield tmp
         if not tmp.is_dir() or not any(tmp.iterdir()):
-            raise RuntimeError(f"Saving to {tmp} wrote nothing; {path} was left as it was.")
+            raise RuntimeError(f"Saving to {shown(tmp)} wrote nothing; {shown(path)} was left as it was.")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -34,4 +36,3 @@ def save_dir_atomic(path: str | Path, save: Callable[[Path], None]) -> Path:
         path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
-    return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers.evaluate import wilson_interval
 from helpers.memory import format_bytes
 from helpers.results import load_results, notebook_fingerprint
 
@@ -53,14 +54,17 @@ def comparison_rows(found: dict[str, dict]) -> dict[str, dict[str, str]]:
             "profile": r["profile"],
             "trainable parameters": f"{r['trainable_params']:,} ({r['trainable_params'] / r['total_params']:.2%})",
             "total parameters": f"{r['total_params']:,}",
-            "peak memory, training": format_bytes(memory["peak_bytes"]) if "peak_bytes" in memory else "n/a",
-            "  measured as": memory.get("measured", "n/a"),
+            "training memory, tensors:": "",
         }
-        if "peak_reserved_bytes" in memory:
-            column["  reserved (CUDA)"] = format_bytes(memory["peak_reserved_bytes"])
         for part in ("weights", "gradients", "optimizer_states"):
             column[f"  {part.replace('_', ' ')}"] = format_bytes(breakdown[part]) if part in breakdown else "n/a"
         column["  activations (estimated)"] = format_bytes(estimate["activations"]) if estimate else "n/a"
+        on_cpu = not memory.get("measured", "").startswith("cuda")
+        peak_row = "peak memory, training" + (" (process: mostly Python and libraries)" if on_cpu else "")
+        column[peak_row] = format_bytes(memory["peak_bytes"]) if "peak_bytes" in memory else "n/a"
+        column["  measured as"] = memory.get("measured", "n/a")
+        if "peak_reserved_bytes" in memory:
+            column["  reserved (CUDA)"] = format_bytes(memory["peak_reserved_bytes"])
         column.update(
             {
                 "train tokens/s": f"{r['train_tokens_per_second']:,.0f}",
@@ -68,9 +72,12 @@ def comparison_rows(found: dict[str, dict]) -> dict[str, dict[str, str]]:
                 "eval loss": f"{r['eval_loss']:.3f}",
                 "perplexity": f"{r['perplexity']:.2f}",
                 "accuracy before -> after": f"{r['accuracy_before']:.1%} -> {r['accuracy_after']:.1%}",
-                "artifact on disk": format_bytes(r["artifact_bytes"]),
             }
         )
+        if "test_examples" in r:  # results files from before the interval was stored lack the count
+            low, high = wilson_interval(r["accuracy_after"], r["test_examples"])
+            column["  95% interval after"] = f"{low:.1%} to {high:.1%} (n={r['test_examples']})"
+        column["artifact on disk"] = format_bytes(r["artifact_bytes"])
         for row, text in column.items():
             rows.setdefault(row, {})[method] = text
     return rows

@@ -91,3 +91,41 @@ def task_accuracy(
     replies = generate_replies(model, tokenizer, [ex["prompt"] for ex in dataset], max_new_tokens)
     references = [ex["completion"][-1]["content"] for ex in dataset]
     return score_replies(replies, references), replies
+
+
+@torch.no_grad()
+def copy_probe(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pool: list[str], length: int = 30, n: int = 32, seed: int = 0
+) -> dict:
+    """Mean loss per token on the first and the second copy of random strings drawn from pool, each shown twice."""
+    model.eval()
+    device = next(model.parameters()).device
+    rng = torch.Generator().manual_seed(seed)
+    pool_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in pool]
+    if any(len(ids) != 1 for ids in pool_ids):
+        raise ValueError("copy_probe needs a pool of strings that are one token each; check the pool and tokenizer.")
+    pool_ids = torch.tensor([ids[0] for ids in pool_ids])
+    strings = pool_ids[torch.randint(len(pool_ids), (n, length), generator=rng)]
+    bos = torch.full((n, 1), tokenizer.bos_token_id)
+    ids = torch.cat([bos, strings, strings], dim=1).to(device)
+    logits = model(input_ids=ids).logits.float()
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+    # loss[:, t] predicts token t + 1: tokens 2..length are the first copy, length + 2..2 * length the second
+    # (the first token of each copy cannot be predicted from anything before it)
+    first, second = loss[:, 1:length].mean().item(), loss[:, length + 1 :].mean().item()
+    return {"first_copy": first, "second_copy": second, "ratio": second / first}
+
+
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval (z=1.96) for a success rate measured on n examples."""
+    if n <= 0:
+        raise ValueError(f"wilson_interval needs at least one example, got n={n}.")
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def with_interval(rate: float, n: int) -> str:
+    """A rate with its 95% Wilson interval, e.g. '80.0% (95% interval 75.1% to 84.1%, n=300)'."""
+    low, high = wilson_interval(rate, n)
+    return f"{rate:.1%} (95% interval {low:.1%} to {high:.1%}, n={n})"

@@ -6,6 +6,7 @@ import json
 import math
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -377,21 +378,21 @@ class CheckpointOnInterrupt(TrainerCallback):
         return control
 
 
-def train_with_checkpoints(trainer: Trainer, resume: bool = True):
-    """trainer.train(), resuming from the last complete checkpoint; an interrupt saves one and raises KeyboardInterrupt."""
+@contextmanager
+def checkpoint_on_interrupt(trainer: Trainer):
+    """Around trainer.train(): Ctrl-C finishes the step, saves a checkpoint and stops, saying how to resume."""
     check_checkpoint_limit(trainer.args)
     output_dir = trainer.args.output_dir
-    checkpoint = last_good_checkpoint(output_dir) if resume else None
     guard = CheckpointOnInterrupt()
     trainer.add_callback(guard)
     guard.install()
     try:
-        output = trainer.train(resume_from_checkpoint=checkpoint)
+        yield
     except KeyboardInterrupt:
         last = last_good_checkpoint(output_dir, quiet=True)
         raise KeyboardInterrupt(
             "Training was stopped mid-step. "
-            + (f"Re-run this cell to resume from {last}." if last else "No checkpoint was saved yet.")
+            + (f"Re-run this cell to resume from {shown(last)}." if last else "No checkpoint was saved yet.")
         ) from None
     finally:
         guard.uninstall()
@@ -401,7 +402,6 @@ def train_with_checkpoints(trainer: Trainer, resume: bool = True):
             f"Training interrupted at step {guard.step}; checkpoint saved in {shown(output_dir)}/checkpoint-{guard.step}. "
             "Re-run this cell to resume from it (later cells would otherwise use a half-trained model)."
         )
-    return output
 
 
 # ---------------------------------------------------------------------------

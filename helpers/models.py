@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from helpers.artifacts import save_dir_atomic
+from helpers.artifacts import atomic_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL_DIR = REPO_ROOT / "models" / "tiny-llama-support"
@@ -315,12 +315,11 @@ def build_random_llama(path: Path, **body) -> Path:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     marker = {"version": RANDOM_1B_BUILD_VERSION, "vocab_size": len(tokenizer), "body": body}
 
-    def save(folder: Path) -> None:
+    with atomic_dir(path) as folder:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         (folder / BUILD_MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-
-    return save_dir_atomic(path, save)
+    return path
 
 
 def build_random_llama_1b(path: Path) -> Path:

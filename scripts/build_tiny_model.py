@@ -1,8 +1,11 @@
 """Build the `tiny` profile's model: a Llama-3-style tokenizer and a 4 M-parameter Llama, briefly pretrained.
 
-Run from the repository root:  python scripts/build_tiny_model.py [--steps 1400]
+Run from the repository root:  python scripts/build_tiny_model.py [--steps 1400] [--repeat-share 0.0]
 It writes models/tiny-llama-support/ (weights, config, tokenizer, build_info.json). Deterministic for a given
-machine and torch version; the result is checked in so that CI and learners never need to rebuild it.
+machine, device and torch version; the result is checked in so that CI and learners never need to rebuild it.
+It trains on a CUDA GPU when there is one (--device), and prints the copy probe as it goes: the loss on the
+second pass of random digit and word strings shown twice, against the first pass (a model that copies from
+its context scores a ratio near 0; one that cannot, near 1).
 
 The pretraining text is data/pretrain/corpus.txt: general prose in the support domain's language, not the
 task's reply format, read in several passes with fresh order numbers each time, plus short warehouse-log lines
@@ -20,6 +23,7 @@ import random
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,7 +33,8 @@ from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedTokenizer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from helpers.artifacts import save_dir_atomic, shown  # noqa: E402
+from helpers.artifacts import atomic_dir, shown  # noqa: E402
+from helpers.evaluate import copy_probe  # noqa: E402
 from helpers.models import (  # noqa: E402
     CHAT_TEMPLATE,
     END_OF_TURN,
@@ -154,22 +159,63 @@ def pretraining_stream(
     return ids
 
 
-def pretrain(model: LlamaForCausalLM, stream: list[int], steps: int, batch: int, seq: int, lr: float) -> list:
-    """Next-token pretraining on random windows of the stream with AdamW and a cosine schedule."""
+def repeat_row(data: torch.Tensor, pool: torch.Tensor, seq: int, gen: torch.Generator) -> torch.Tensor:
+    """seq tokens of random spans, each shown twice with a little corpus text between: only copying predicts a repeat.
+
+    Spans vary in length and in the gap before their repeat, so no fixed offset (a positional shortcut) predicts them.
+    """
+    row: list[torch.Tensor] = []
+    while sum(len(part) for part in row) < seq:
+        length = int(torch.randint(4, 33, (1,), generator=gen))
+        span = pool[torch.randint(len(pool), (length,), generator=gen)]
+        gap_start = int(torch.randint(0, len(data) - 17, (1,), generator=gen))
+        gap = data[gap_start : gap_start + int(torch.randint(0, 17, (1,), generator=gen))]
+        row += [span, gap, span]
+    return torch.cat(row)[:seq]
+
+
+def probe_pools(tokenizer: PreTrainedTokenizerFast, paragraphs: list[str]) -> dict[str, list[str]]:
+    """Strings of one token each for the copy probe: the ten digits, and corpus words that are a single token."""
+    words = sorted({word for para in paragraphs for word in re.findall(r"[a-z]{3,}", para)})
+    single = [f" {w}" for w in words if len(tokenizer(f" {w}", add_special_tokens=False)["input_ids"]) == 1]
+    return {"digits": [str(d) for d in range(10)], "words": single}
+
+
+def run_probe(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, pools: dict[str, list[str]]) -> dict:
+    """The copy probe on held-out random strings (a seed the training rows never use), per pool."""
+    was_training = model.training
+    result = {name: copy_probe(model, tokenizer, pool, length=30, n=32, seed=12345) for name, pool in pools.items()}
+    model.train(was_training)
+    return {name: {k: round(v, 3) for k, v in r.items()} for name, r in result.items()}
+
+
+def pretrain(
+    model: LlamaForCausalLM,
+    stream: list[int],
+    args: argparse.Namespace,
+    span_pool: torch.Tensor,
+    probe: Callable[[], dict],
+) -> tuple[list, list]:
+    """Next-token pretraining on random windows of the stream (a share of rows replaced by repeated spans)."""
+    device = next(model.parameters()).device
     data = torch.tensor(stream)
     gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
+    steps, seq = args.steps, args.seq
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)),
     )
-    history = []
+    history, probes = [], []
     model.train()
     start = time.time()
     for step in range(steps):
-        starts = torch.randint(0, len(data) - seq - 1, (batch,), generator=gen)
-        x = torch.stack([data[s : s + seq] for s in starts])
+        starts = torch.randint(0, len(data) - seq - 1, (args.batch,), generator=gen)
+        repeats = (torch.rand(args.batch, generator=gen) < args.repeat_share) if args.repeat_share else [False] * args.batch
+        x = torch.stack(
+            [repeat_row(data, span_pool, seq, gen) if r else data[s : s + seq] for s, r in zip(starts, repeats, strict=True)]
+        ).to(device)
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -179,8 +225,13 @@ def pretrain(model: LlamaForCausalLM, stream: list[int], steps: int, batch: int,
         if step % 50 == 0 or step == steps - 1:
             history.append({"step": step, "loss": round(loss.item(), 4)})
             print(f"step {step:5d}  loss {loss.item():.3f}  {time.time() - start:6.0f}s", flush=True)
+        if (step + 1) % args.probe_every == 0 or step == steps - 1:
+            probes.append({"step": step + 1, **probe()})
+            print("  copy probe (second pass / first pass):",
+                  ", ".join(f"{k} {v['second_copy']:.2f}/{v['first_copy']:.2f} = {v['ratio']:.2f}" for k, v in probes[-1].items() if k != "step"),
+                  flush=True)
     model.eval()
-    return history
+    return history, probes
 
 
 def main() -> None:
@@ -190,6 +241,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="sequences per step")
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
+    parser.add_argument("--repeat-share", type=float, default=0.0, help="share of rows that are repeated random spans")
+    parser.add_argument("--probe-every", type=int, default=200, help="steps between copy probes")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     parser.add_argument("--out", type=Path, default=TINY_MODEL_DIR, help="output folder")
     args = parser.parse_args()
 
@@ -212,8 +267,13 @@ def main() -> None:
         eos_token_id=stop_ids,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = LlamaForCausalLM(config)
-    history = pretrain(model, stream, args.steps, args.batch, args.seq, args.lr)
+    model = LlamaForCausalLM(config).to(args.device)
+    pools = probe_pools(tokenizer, paragraphs)
+    span_pool = torch.tensor(  # the repeated spans draw from the same tokens as the probe, in other random orders
+        sorted({tokenizer(text, add_special_tokens=False)["input_ids"][0] for pool in pools.values() for text in pool})
+    )
+    history, probes = pretrain(model, stream, args, span_pool, lambda: run_probe(model, tokenizer, pools))
+    model = model.to("cpu")
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
     )
@@ -224,14 +284,13 @@ def main() -> None:
         "args": {k: shown(v) if isinstance(v, Path) else str(v) for k, v in vars(args).items()},  # no machine paths
         "torch": torch.__version__,
         "loss_history": history,
+        "copy_probe": probes,  # per probe step: first- and second-pass loss per token on held-out random strings
     }
 
-    def save(folder: Path) -> None:
+    with atomic_dir(args.out) as folder:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         (folder / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
-
-    save_dir_atomic(args.out, save)
     print(f"saved {args.out} ({info['parameters']:,} parameters)")
 
 

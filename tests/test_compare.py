@@ -83,8 +83,15 @@ def test_comparison_table_has_one_column_per_method(dirs):
     found, _ = load_all(results, notebooks)
     rows = comparison_rows(found)
     assert rows["accuracy before -> after"] == {m: "0.0% -> 50.0%" for m in NOTEBOOK_OF}
-    assert rows["peak memory, training"]["full"] == "5.00 MiB"
+    cpu_peak = "peak memory, training (process: mostly Python and libraries)"
+    assert rows[cpu_peak]["full"] == "5.00 MiB"
     assert rows["  activations (estimated)"]["lora"] == "7 B"
+    order = list(rows)
+    assert order.index("  weights") < order.index(cpu_peak)  # the tensor breakdown first, the process peak after
+    assert "  95% interval after" not in rows  # an older results file without the test count: no interval is made up
+    write_result(results, notebooks, "full", test_examples=300, accuracy_after=0.8)
+    rows = comparison_rows(load_all(results, notebooks)[0])
+    assert rows["  95% interval after"]["full"] == "75.1% to 84.1% (n=300)"
     text = format_rows(rows)
     assert text.splitlines()[0].split() == ["full", "lora", "qlora"]
     assert "train tokens/s" in text and "1,500" in text

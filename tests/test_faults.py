@@ -589,6 +589,13 @@ def test_nan_guard_refuses_the_default_log_filter_that_hides_nan(tmp_path):
         trainer.train()
 
 
+def train_like_the_notebook(trainer):
+    """The notebooks' training cell: resume from the last complete checkpoint; Ctrl-C saves one and stops."""
+    checkpoint = guards.last_good_checkpoint(trainer.args.output_dir)
+    with guards.checkpoint_on_interrupt(trainer):
+        return trainer.train(resume_from_checkpoint=checkpoint)
+
+
 def test_last_good_checkpoint_handles_missing_empty_and_corrupt_folders(tmp_path, capsys):
     assert guards.last_good_checkpoint(tmp_path / "never-created") is None
     assert "does not exist): training starts from the beginning" in capsys.readouterr().out
@@ -613,7 +620,7 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, unint
     shutil.rmtree(tmp_path / "checkpoint-6")  # as if the run had died after saving step 4
     counter = CountSteps()
     trainer = make_trainer(tmp_path, callbacks=[counter])
-    guards.train_with_checkpoints(trainer)
+    train_like_the_notebook(trainer)
     assert f"Resuming from {tmp_path / 'checkpoint-4'}." in capsys.readouterr().out
     assert trainer.state.global_step == 6 and counter.steps == 2  # only steps 5 and 6 were run again
     for key, value in trainer.model.state_dict().items():
@@ -633,14 +640,14 @@ def test_interrupt_saves_a_checkpoint_and_resuming_matches_the_uninterrupted_run
     press_ctrl_c = AtStep(3, lambda m: os.kill(os.getpid(), signal.SIGINT))
     handler_before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt) as info:
-        guards.train_with_checkpoints(make_trainer(tmp_path, callbacks=[press_ctrl_c]))
+        train_like_the_notebook(make_trainer(tmp_path, callbacks=[press_ctrl_c]))
     assert "Training interrupted at step 3; checkpoint saved in" in str(info.value)
     assert "Re-run this cell to resume" in str(info.value)
     assert guards.checkpoint_problem(tmp_path / "checkpoint-3") is None
     assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
     counter = CountSteps()
     trainer = make_trainer(tmp_path, callbacks=[counter])
-    guards.train_with_checkpoints(trainer)  # the re-run cell
+    train_like_the_notebook(trainer)  # the re-run cell
     assert trainer.state.global_step == 6 and counter.steps == 3
     for key, value in trainer.model.state_dict().items():
         torch.testing.assert_close(value, weights[key], atol=1e-6, rtol=1e-5)
@@ -651,7 +658,7 @@ def test_keyboard_interrupt_mid_step_points_to_the_last_good_checkpoint(tmp_path
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt, match=r"stopped mid-step\. Re-run this cell to resume from .*checkpoint-2"):
-        guards.train_with_checkpoints(make_trainer(tmp_path, callbacks=[AtStep(3, interrupt)]))
+        train_like_the_notebook(make_trainer(tmp_path, callbacks=[AtStep(3, interrupt)]))
 
 
 # ---------------------------------------------------------------------------
@@ -673,7 +680,7 @@ def test_a_finished_run_is_not_resumed_but_started_again(tmp_path, capsys):
     assert guards.last_good_checkpoint(tmp_path) is None
     assert "finished (checkpoint-6 is its last step): training starts from the beginning" in capsys.readouterr().out
     counter = CountSteps()
-    guards.train_with_checkpoints(make_trainer(tmp_path, callbacks=[counter]))
+    train_like_the_notebook(make_trainer(tmp_path, callbacks=[counter]))
     assert counter.steps == 6, "re-running the notebook trains again instead of skipping to the end"
 
 

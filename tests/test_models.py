@@ -17,9 +17,9 @@ from transformers import (
 )
 
 from helpers import models
-from helpers.artifacts import save_dir_atomic
+from helpers.artifacts import atomic_dir
 from helpers.data import check_lengths, load_support, to_conversational
-from helpers.evaluate import eval_loss, generate_replies, tokenize_with_mask
+from helpers.evaluate import copy_probe, eval_loss, generate_replies, tokenize_with_mask, wilson_interval
 from helpers.guards import check_special_tokens
 from helpers.models import (
     CHAT_TEMPLATE_KWARGS,
@@ -182,19 +182,21 @@ def test_batched_generation_matches_one_at_a_time(model, tokenizer, examples):
     assert tokenizer.padding_side == "right"  # restored after generation
 
 
-def test_save_dir_atomic_keeps_the_old_folder_when_saving_fails(tmp_path):
+def test_atomic_dir_keeps_the_old_folder_when_saving_fails(tmp_path):
     target = tmp_path / "adapter"
-    save_dir_atomic(target, lambda p: (p.mkdir(), (p / "weights.bin").write_text("good")))
+    with atomic_dir(target) as folder:
+        folder.mkdir()
+        (folder / "weights.bin").write_text("good")
 
-    def broken(p):
-        p.mkdir()
-        (p / "weights.bin").write_text("half")
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as folder:
+        folder.mkdir()
+        (folder / "weights.bin").write_text("half")
         raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        save_dir_atomic(target, broken)
     assert (target / "weights.bin").read_text() == "good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    with pytest.raises(RuntimeError, match="wrote nothing"), atomic_dir(target):
+        pass  # a save that wrote nothing never replaces the folder
+    assert (target / "weights.bin").read_text() == "good"
 
 
 @pytest.mark.parametrize(
@@ -340,3 +342,43 @@ def test_stale_random_profile_folder_is_rebuilt(monkeypatch, tmp_path):
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "body": {}}))
     choose_model("llama-3.2-1b-random")
     assert built == [stale]  # a current folder is reused, not rebuilt
+
+
+class _Copier(torch.nn.Module):
+    """A fake causal LM that predicts, in the second half of a sequence, the token one copy-length back."""
+
+    def __init__(self, vocab_size: int, length: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.vocab_size, self.length = vocab_size, length
+
+    def forward(self, input_ids):
+        logits = torch.zeros(*input_ids.shape, self.vocab_size)
+        for t in range(self.length + 1, input_ids.shape[1] - 1):
+            logits[torch.arange(len(input_ids)), t, input_ids[:, t + 1 - self.length]] = 30.0
+        return type("Output", (), {"logits": logits})()
+
+
+def test_copy_probe_tells_a_copier_from_the_tiny_model(tokenizer, model):
+    digits = [str(d) for d in range(10)]
+    copier = copy_probe(_Copier(len(tokenizer), 30), tokenizer, digits, length=30, n=4)
+    assert copier["first_copy"] == pytest.approx(math.log(len(tokenizer)), rel=1e-3)  # uniform: nothing to copy yet
+    assert copier["ratio"] < 1e-6
+    tiny = copy_probe(model, tokenizer, digits, length=30, n=4)
+    assert all(math.isfinite(v) and v > 0 for v in tiny.values())
+
+
+def test_copy_probe_refuses_strings_of_several_tokens(tokenizer, model):
+    with pytest.raises(ValueError, match="one token each"):
+        copy_probe(model, tokenizer, ["12", "a sentence of several tokens"])
+
+
+@pytest.mark.parametrize(
+    ("rate", "n", "expected"),
+    [(0.08, 100, (0.0411, 0.1500)), (0.0, 10, (0.0, 0.2775)), (1.0, 10, (0.7225, 1.0)), (0.5, 300, (0.4437, 0.5563))],
+)
+def test_wilson_interval_matches_published_values(rate, n, expected):
+    low, high = wilson_interval(rate, n)
+    assert (low, high) == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(ValueError, match="at least one example"):
+        wilson_interval(0.5, 0)

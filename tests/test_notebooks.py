@@ -62,6 +62,32 @@ def test_training_notebooks_share_the_parameters_cell():
     assert len(set(cells.values())) == 1, "the parameters cells differ between the training notebooks"
 
 
+def section_code(nb: dict) -> dict[str, list[str]]:
+    """{section heading: the sources of its code cells}."""
+    sections, current = {}, None
+    for cell in nb["cells"]:
+        text = "".join(cell["source"])
+        if cell["cell_type"] == "markdown" and text.startswith("## "):
+            current = text.splitlines()[0]
+            sections[current] = []
+        elif cell["cell_type"] == "code" and current is not None:
+            sections[current].append(text)
+    return sections
+
+
+@pytest.mark.parametrize("name", TRAINING[1:])
+def test_sections_said_to_be_the_same_as_notebook_1_are(name):
+    nb = load(NOTEBOOKS / name)
+    said_same = [
+        "".join(c["source"]).splitlines()[0] for c in nb["cells"]
+        if c["cell_type"] == "markdown" and "*Same code as notebook 1.*" in "".join(c["source"])
+    ]
+    assert len(said_same) >= 5
+    mine, first = section_code(nb), section_code(load(NOTEBOOKS / TRAINING[0]))
+    for head in said_same:
+        assert mine[head] == first[head], f"{name}, {head}: says 'Same code as notebook 1' but the code differs"
+
+
 @pytest.mark.parametrize("name", TRAINING)
 def test_committed_results_come_from_the_committed_notebook(name):
     """results/<method>.json exists, is complete, and its accuracy appears in the notebook's stored summary."""

@@ -110,10 +110,10 @@ def test_full_fine_tuning_falls_back_to_pure_bf16_only_when_nothing_else_fits(tm
 @pytest.mark.parametrize(
     "name, cells",
     [
-        ("01_full_finetuning.ipynb", [*FULL_CELLS, "train_output = train_with_checkpoints(trainer)", "model_dir = save_dir_atomic(",
+        ("01_full_finetuning.ipynb", [*FULL_CELLS, "train_output = trainer.train(", "model_dir = output_dir / \"full-model\"",
                                       "reloaded = AutoModelForCausalLM.from_pretrained(model_dir"]),
         ("02_lora.ipynb", ["model = AutoModelForCausalLM.from_pretrained(", "raw = load_support(", "lora_config = LoraConfig(",
-                           "trainer = SFTTrainer(", "train_output = train_with_checkpoints(trainer)", "adapter_dir = save_dir_atomic(",
+                           "trainer = SFTTrainer(", "train_output = trainer.train(", "adapter_dir = output_dir / \"lora-adapter\"",
                            "reloaded = PeftModel.from_pretrained(fresh_base"]),
     ],
     ids=["full", "lora"],
