@@ -98,7 +98,11 @@ def test_committed_results_come_from_the_committed_notebook(name):
     assert set(RESULT_KEYS) <= set(results) and results["method"] == method
     summary = "".join(text_of(o) for c in code_cells(load(NOTEBOOKS / name)) for o in c["outputs"]
                       if "Profile " in text_of(o) and "accuracy" in text_of(o))
-    assert f"accuracy {results['accuracy_before']:.1%} -> {results['accuracy_after']:.1%}" in summary
+    from helpers.evaluate import with_interval
+
+    n = results["test_examples"]
+    assert f"accuracy {with_interval(results['accuracy_before'], n)}" in summary
+    assert f"-> {with_interval(results['accuracy_after'], n)}" in summary
     assert f"Profile {results['profile']} on {results['device']}" in summary
 
 
