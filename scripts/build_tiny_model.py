@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import re
 import sys
@@ -30,6 +31,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA (set before CUDA starts)
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -159,14 +161,17 @@ def pretraining_stream(
     return ids
 
 
-def repeat_row(data: torch.Tensor, pool: torch.Tensor, seq: int, gen: torch.Generator) -> torch.Tensor:
+def repeat_row(data: torch.Tensor, pools: list[torch.Tensor], seq: int, gen: torch.Generator) -> torch.Tensor:
     """seq tokens of random spans, each shown twice with a little corpus text between: only copying predicts a repeat.
 
     Spans vary in length and in the gap before their repeat, so no fixed offset (a positional shortcut) predicts them.
+    Each span draws from one pool (digits alone, or words): ten digits repeat often within a span, so copying them
+    takes matching more than the one token before (as for a five-digit order number).
     """
     row: list[torch.Tensor] = []
     while sum(len(part) for part in row) < seq:
         length = int(torch.randint(4, 33, (1,), generator=gen))
+        pool = pools[int(torch.randint(len(pools), (1,), generator=gen))]
         span = pool[torch.randint(len(pool), (length,), generator=gen)]
         gap_start = int(torch.randint(0, len(data) - 17, (1,), generator=gen))
         gap = data[gap_start : gap_start + int(torch.randint(0, 17, (1,), generator=gen))]
@@ -193,10 +198,15 @@ def pretrain(
     model: LlamaForCausalLM,
     stream: list[int],
     args: argparse.Namespace,
-    span_pool: torch.Tensor,
+    span_pools: list[torch.Tensor],
     probe: Callable[[], dict],
+    snapshot: Callable[[int, list, list], None],
 ) -> tuple[list, list]:
-    """Next-token pretraining on random windows of the stream (a share of rows replaced by repeated spans)."""
+    """Next-token pretraining on random windows of the stream (a share of rows replaced by repeated spans).
+
+    The learning-rate schedule spans args.steps; training stops after args.stop_at steps. After each probe,
+    snapshot(steps_done, history, probes) may save the model, so an interrupted build keeps its latest state.
+    """
     device = next(model.parameters()).device
     data = torch.tensor(stream)
     gen = torch.Generator().manual_seed(0)
@@ -210,11 +220,11 @@ def pretrain(
     history, probes = [], []
     model.train()
     start = time.time()
-    for step in range(steps):
+    for step in range(args.stop_at or steps):
         starts = torch.randint(0, len(data) - seq - 1, (args.batch,), generator=gen)
         repeats = (torch.rand(args.batch, generator=gen) < args.repeat_share) if args.repeat_share else [False] * args.batch
         x = torch.stack(
-            [repeat_row(data, span_pool, seq, gen) if r else data[s : s + seq] for s, r in zip(starts, repeats, strict=True)]
+            [repeat_row(data, span_pools, seq, gen) if r else data[s : s + seq] for s, r in zip(starts, repeats, strict=True)]
         ).to(device)
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
@@ -225,11 +235,13 @@ def pretrain(
         if step % 50 == 0 or step == steps - 1:
             history.append({"step": step, "loss": round(loss.item(), 4)})
             print(f"step {step:5d}  loss {loss.item():.3f}  {time.time() - start:6.0f}s", flush=True)
-        if (step + 1) % args.probe_every == 0 or step == steps - 1:
+        if (step + 1) % args.probe_every == 0 or step + 1 == (args.stop_at or steps):
             probes.append({"step": step + 1, **probe()})
             print("  copy probe (second pass / first pass):",
                   ", ".join(f"{k} {v['second_copy']:.2f}/{v['first_copy']:.2f} = {v['ratio']:.2f}" for k, v in probes[-1].items() if k != "step"),
                   flush=True)
+            if step + 1 < (args.stop_at or steps):  # the last state is saved by the caller
+                snapshot(step + 1, history, probes)
     model.eval()
     return history, probes
 
@@ -244,12 +256,14 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     parser.add_argument("--repeat-share", type=float, default=0.0, help="share of rows that are repeated random spans")
     parser.add_argument("--probe-every", type=int, default=200, help="steps between copy probes")
+    parser.add_argument("--stop-at", type=int, default=0, help="stop after this many steps (default: --steps)")
+    parser.add_argument("--snapshots", action="store_true", help="save the model after every probe, not only at the end")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     parser.add_argument("--out", type=Path, default=TINY_MODEL_DIR, help="output folder")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=args.device != "cpu")
     paragraphs = [line.strip() for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
     support = [json.loads(line) for line in SUPPORT_TRAIN.read_text(encoding="utf-8").splitlines()]
     tokenizer = train_tokenizer(
@@ -269,29 +283,41 @@ def main() -> None:
     )
     model = LlamaForCausalLM(config).to(args.device)
     pools = probe_pools(tokenizer, paragraphs)
-    span_pool = torch.tensor(  # the repeated spans draw from the same tokens as the probe, in other random orders
-        sorted({tokenizer(text, add_special_tokens=False)["input_ids"][0] for pool in pools.values() for text in pool})
-    )
-    history, probes = pretrain(model, stream, args, span_pool, lambda: run_probe(model, tokenizer, pools))
-    model = model.to("cpu")
-    model.generation_config = GenerationConfig(
+    span_pools = [  # the repeated spans draw from the same tokens as the probe, in other random orders
+        torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in pool]) for pool in pools.values()
+    ]
+    generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
     )
 
-    info = {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "corpus_tokens": len(stream),
-        "args": {k: shown(v) if isinstance(v, Path) else str(v) for k, v in vars(args).items()},  # no machine paths
-        "torch": torch.__version__,
-        "loss_history": history,
-        "copy_probe": probes,  # per probe step: first- and second-pass loss per token on held-out random strings
-    }
+    def save(steps_done: int, history: list, probes: list) -> None:
+        """Write the model, tokenizer and build_info.json to args.out, replacing any earlier build at once."""
+        info = {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "corpus_tokens": len(stream),
+            "args": {k: shown(v) if isinstance(v, Path) else str(v) for k, v in vars(args).items()},  # no machine paths
+            "steps_done": steps_done,  # rebuild this model with --stop-at steps_done (if below --steps)
+            "device": args.device,
+            "torch": torch.__version__,
+            "loss_history": history,
+            "copy_probe": probes,  # per probe step: first- and second-pass loss per token on held-out random strings
+        }
+        model.generation_config = generation_config
+        with atomic_dir(args.out) as folder:
+            model.save_pretrained(folder)  # safetensors copies the weights to the CPU
+            tokenizer.save_pretrained(folder)
+            (folder / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        print(f"saved {shown(args.out)} after {steps_done} steps ({info['parameters']:,} parameters)", flush=True)
 
-    with atomic_dir(args.out) as folder:
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        (folder / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"saved {args.out} ({info['parameters']:,} parameters)")
+    history, probes = pretrain(
+        model,
+        stream,
+        args,
+        span_pools,
+        probe=lambda: run_probe(model, tokenizer, pools),
+        snapshot=save if args.snapshots else lambda *_: None,
+    )
+    save(args.stop_at or args.steps, history, probes)
 
 
 if __name__ == "__main__":
