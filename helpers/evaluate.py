@@ -59,7 +59,7 @@ def generate_replies(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[list[dict]],
-    max_new_tokens: int = 96,
+    max_new_tokens: int = 64,
     batch_size: int = 32,
 ) -> list[str]:
     """Greedy replies to chat prompts, batched with left padding, stopping on the end-of-turn token."""
@@ -85,7 +85,7 @@ def generate_replies(
 
 
 def task_accuracy(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, max_new_tokens: int = 96
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, max_new_tokens: int = 64
 ) -> tuple[dict, list[str]]:
     """Generate a reply for each test example and score its header fields against the reference."""
     replies = generate_replies(model, tokenizer, [ex["prompt"] for ex in dataset], max_new_tokens)

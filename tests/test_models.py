@@ -368,6 +368,29 @@ def test_copy_probe_tells_a_copier_from_the_tiny_model(tokenizer, model):
     assert all(math.isfinite(v) and v > 0 for v in tiny.values())
 
 
+def test_the_shipped_base_copies_from_its_context(tokenizer, model):
+    """Issue 11: on held-out random digit and word strings, the repeat costs at most a third of the first pass."""
+    import sys
+    from pathlib import Path
+
+    scripts = str(Path(__file__).resolve().parent.parent / "scripts")
+    sys.path.insert(0, scripts)
+    try:
+        from build_tiny_model import CORPUS, probe_pools
+    finally:
+        sys.path.remove(scripts)
+    paragraphs = [line.strip() for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    pools = probe_pools(tokenizer, paragraphs)
+    assert len(pools["words"]) > 100
+    measured = {name: copy_probe(model, tokenizer, pool, length=30, n=32, seed=12345) for name, pool in pools.items()}
+    for name, probe in measured.items():
+        assert probe["ratio"] <= 1 / 3, f"{name}: {probe}"
+    shipped = json.loads((models.TINY_MODEL_DIR / "build_info.json").read_text())["copy_probe"][-1]
+    assert {name: shipped[name]["ratio"] for name in pools} == pytest.approx(
+        {name: probe["ratio"] for name, probe in measured.items()}, abs=0.01
+    )  # build_info.json tells the truth about these weights
+
+
 def test_copy_probe_refuses_strings_of_several_tokens(tokenizer, model):
     with pytest.raises(ValueError, match="one token each"):
         copy_probe(model, tokenizer, ["12", "a sentence of several tokens"])
