@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	COURSE_PROFILE=$${COURSE_PROFILE:-tiny} COURSE_RESULTS_DIR=$(CURDIR)/.cache/test-run/results \
 	COURSE_OUTPUT_DIR=$(CURDIR)/.cache/test-run/outputs \
-	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 tests notebooks
+	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=15 tests notebooks
 
 # Notebooks 1-3 in the llama-3.2-1b-random profile with the smoke budget (real Llama 3.2 1B shapes, random weights);
 # the executed copies go to .cache/smoke-random/, the committed notebooks are left alone.

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from transformers.trainer_utils import sort_checkpoints
 
 from helpers.artifacts import shown
-from helpers.models import END_OF_TURN, NO_TEMPLATE_HELP, stop_token_ids
+from helpers.models import END_OF_TURN, stop_token_ids
 
 FINGERPRINT_FILE = "base_fingerprint.json"
 FINGERPRINT_CONFIG_KEYS = (
@@ -89,29 +89,6 @@ def check_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
         raise ValueError("Special tokens are not set up for training: " + "; ".join(problems) + ".")
 
 
-def check_one_bos(ids: list[int], tokenizer: PreTrainedTokenizerBase) -> None:
-    """Raise unless ids hold exactly one begin-of-text token, at position 0."""
-    at = [i for i, t in enumerate(ids) if t == tokenizer.bos_token_id]
-    if at != [0]:
-        raise ValueError(
-            f"Expected one {tokenizer.bos_token} at position 0, found it at positions {at[:5]}. The chat template "
-            "already writes it: tokenize with apply_chat_template(..., tokenize=True), or call "
-            "tokenizer(text, add_special_tokens=False) on rendered text."
-        )
-
-
-def check_template_pinned(tokenizer: PreTrainedTokenizerBase, template_kwargs: dict | None) -> None:
-    """Refuse a chat template that writes today's date unless date_string is pinned."""
-    template = tokenizer.chat_template
-    if template is None:
-        raise ValueError(f"The tokenizer {NO_TEMPLATE_HELP}")
-    if "strftime_now" in template and "date_string" not in (template_kwargs or {}):
-        raise ValueError(
-            "This chat template writes today's date into every prompt, so token ids change from day to day. "
-            "Fix: pass date_string, e.g. apply_chat_template(..., **helpers.models.CHAT_TEMPLATE_KWARGS)."
-        )
-
-
 # ---------------------------------------------------------------------------
 # LoRA set-up and adapters
 # ---------------------------------------------------------------------------
@@ -152,18 +129,6 @@ def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
             "or keep using the PeftModel that get_peft_model returned."
         )
     return model
-
-
-def check_tied_adapter(model: PreTrainedModel, lora_config) -> None:
-    """Refuse modules_to_save on tied embeddings without ensure_weight_tying (merged models would break)."""
-    tied = getattr(model.config, "tie_word_embeddings", False)
-    touched = [m for m in (lora_config.modules_to_save or []) if m in ("embed_tokens", "lm_head")]
-    if tied and touched and not getattr(lora_config, "ensure_weight_tying", False):
-        raise ValueError(
-            f"The model ties its input embedding and output layer (tie_word_embeddings=True) and modules_to_save "
-            f"trains {touched}: peft would train two separate copies, and a merged, saved and reloaded model would "
-            "tie them back into nonsense. Fix: LoraConfig(..., ensure_weight_tying=True)."
-        )
 
 
 def _base_of(model: torch.nn.Module) -> torch.nn.Module:
@@ -401,19 +366,4 @@ def checkpoint_on_interrupt(trainer: Trainer):
         raise KeyboardInterrupt(
             f"Training interrupted at step {guard.step}; checkpoint saved in {shown(output_dir)}/checkpoint-{guard.step}. "
             "Re-run this cell to resume from it (later cells would otherwise use a half-trained model)."
-        )
-
-
-# ---------------------------------------------------------------------------
-# After training
-# ---------------------------------------------------------------------------
-
-
-def check_finite_metrics(**metrics: float) -> None:
-    """Refuse nan/inf metrics before they are written over an earlier, good results file."""
-    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
-    if bad:
-        raise ValueError(
-            f"Not saving results: {', '.join(f'{k}={v}' for k, v in bad.items())}. The run diverged; the earlier "
-            "results file (if any) is left as it was. Fix the training run (see the loss curve) and re-run."
         )

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import ast
-import importlib
-import inspect
-import shutil
 import sys
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -16,7 +11,7 @@ from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNot
 from packaging.version import Version
 
 from helpers.install import CORE, REQUIREMENTS, installed_version, is_compatible, read_pins
-from helpers.memory import fit_verdict, format_bytes
+from helpers.memory import fit_verdict
 
 TOKEN_HELP = (
     "create a token with read access at https://huggingface.co/settings/tokens, then run `hf auth login` "
@@ -28,34 +23,6 @@ FINE_GRAINED_HELP = (
     "Tick that box in the token's settings at https://huggingface.co/settings/tokens (or create a classic 'Read' "
     "token), then re-run this cell"
 )
-
-# Keyword arguments that old tutorials pass and the pinned libraries no longer take, with what replaced them.
-RENAMED_KEYWORDS = {
-    "max_seq_length": "max_length (in SFTConfig)",
-    "dataset_text_field": "SFTConfig(dataset_text_field=...), not SFTTrainer",
-    "tokenizer": "processing_class",
-    "evaluation_strategy": "eval_strategy",
-    "use_auth_token": "token",
-    "torch_dtype": "dtype",
-    "load_in_4bit": "quantization_config=BitsAndBytesConfig(load_in_4bit=True, ...)",
-    "load_in_8bit": "quantization_config=BitsAndBytesConfig(load_in_8bit=True)",
-}
-# The constructors and functions whose keyword arguments the notebooks rely on.
-CHECKED_CALLS = {
-    "SFTConfig": "trl:SFTConfig",
-    "SFTTrainer": "trl:SFTTrainer",
-    "TrainingArguments": "transformers:TrainingArguments",
-    "Trainer": "transformers:Trainer",
-    "BitsAndBytesConfig": "transformers:BitsAndBytesConfig",
-    "LoraConfig": "peft:LoraConfig",
-    "get_peft_model": "peft:get_peft_model",
-    "prepare_model_for_kbit_training": "peft:prepare_model_for_kbit_training",
-    "merge_and_unload": "peft:LoraModel.merge_and_unload",
-    "from_pretrained": "transformers:PreTrainedModel.from_pretrained",
-    "pipeline": "transformers:pipeline",
-}
-PEFT_FROM_PRETRAINED = "peft:PeftModel.from_pretrained"
-
 
 class ModelAccessError(RuntimeError):
     """The model cannot be downloaded from the Hugging Face hub; the message says why and how to fix it."""
@@ -193,69 +160,8 @@ def check_pinned_versions(path: str | Path = REQUIREMENTS) -> dict[str, str]:
     return installed
 
 
-def _resolve(target: str) -> object:
-    """'package:Class.attr' -> the object."""
-    module_name, _, qualname = target.partition(":")
-    obj = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def accepted_keywords(func: object) -> set[str] | None:
-    """Keyword names a callable takes: its named parameters plus the names it pops from **kwargs (None: unknown)."""
-    target = func.__init__ if inspect.isclass(func) else func
-    params = inspect.signature(target).parameters
-    names = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return names
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(target)))
-    except (OSError, TypeError, SyntaxError):
-        return None
-    popped = {
-        node.args[0].value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr in ("pop", "get")
-        and isinstance(node.func.value, ast.Name)
-        and node.func.value.id == "kwargs"
-        and node.args
-        and isinstance(node.args[0], ast.Constant)
-    }
-    return names | popped
-
-
-def unknown_call_keywords(code: str) -> list[str]:
-    """Keyword arguments in code that the installed transformers/peft/trl no longer accept, each with its fix."""
-    lines = [line for line in code.splitlines() if not line.lstrip().startswith(("%", "!"))]  # IPython magics
-    problems = []
-    for node in ast.walk(ast.parse("\n".join(lines))):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-        target = CHECKED_CALLS.get(name)
-        owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
-        if name == "from_pretrained" and owner == "PeftModel":
-            target = PEFT_FROM_PRETRAINED
-        elif name == "from_pretrained" and "Tokenizer" in owner:
-            continue  # tokenizers take their own options
-        if target is None:
-            continue
-        accepted = accepted_keywords(_resolve(target))
-        if accepted is None:
-            continue
-        for keyword in node.keywords:
-            if keyword.arg is not None and keyword.arg not in accepted:
-                fix = RENAMED_KEYWORDS.get(keyword.arg, "see the library's documentation for the current name")
-                problems.append(f"line {node.lineno}: {name}({keyword.arg}=...) is not accepted; use {fix}")
-    return problems
-
-
 # ---------------------------------------------------------------------------
-# Memory and disk
+# Memory
 # ---------------------------------------------------------------------------
 
 
@@ -275,19 +181,3 @@ def choose_plan(
         "gradient checkpointing, train with LoRA (02_lora.ipynb) or QLoRA (4-bit base weights) instead of full "
         "fine-tuning, or use a GPU with more memory."
     )
-
-
-def check_disk_space(path: str | Path, checkpoint_bytes: int, keep: int, extra_bytes: int = 0) -> int:
-    """Check the disk under path has room for `keep` checkpoints (+ extra); return the free bytes or raise OSError."""
-    path = Path(path)
-    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
-    free = shutil.disk_usage(existing).free
-    need = checkpoint_bytes * keep + extra_bytes
-    if free < need:
-        raise OSError(
-            f"Not enough disk space in {existing}: need about {format_bytes(need)} for {keep} checkpoints of "
-            f"{format_bytes(checkpoint_bytes)}, but only {format_bytes(free)} is free. Fix: set save_total_limit "
-            "lower, save_only_model=True (no resume), free space, or point OUTPUT_DIR at a larger disk "
-            "(in Colab: mounted Google Drive)."
-        )
-    return free

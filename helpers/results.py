@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from datetime import datetime, timezone
@@ -83,8 +84,6 @@ def write_json_atomic(path: str | Path, data: dict) -> Path:
 
 def save_results(path: str | Path, **fields: object) -> Path:
     """Check that every key in RESULT_KEYS is given, stamp created_at, and write the file atomically."""
-    from helpers.guards import check_finite_metrics
-
     check_finite_metrics(**{k: v for k, v in fields.items() if isinstance(v, float)})  # a diverged run writes nothing
     fields["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     missing = [key for key in RESULT_KEYS if key not in fields]
@@ -129,3 +128,13 @@ def dir_size_bytes(path: str | Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())  # follows symlinks
+
+
+def check_finite_metrics(**metrics: float) -> None:
+    """Refuse nan/inf metrics before they are written over an earlier, good results file."""
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise ValueError(
+            f"Not saving results: {', '.join(f'{k}={v}' for k, v in bad.items())}. The run diverged; the earlier "
+            "results file (if any) is left as it was. Fix the training run (see the loss curve) and re-run."
+        )

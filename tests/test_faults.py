@@ -13,6 +13,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
+import api_checks
 import httpx2
 import huggingface_hub
 import pytest
@@ -33,7 +34,7 @@ from helpers import guards, preflight
 from helpers.data import load_dataset_any
 from helpers.memory import estimate_training_memory
 from helpers.models import CHAT_TEMPLATE, CHAT_TEMPLATE_KWARGS, LLAMA_3_2_1B, TINY_MODEL_DIR, load_tokenizer
-from helpers.results import write_json_atomic
+from helpers.results import check_finite_metrics, write_json_atomic
 
 torch.set_num_threads(1)  # the machine is shared; these models are tiny anyway
 
@@ -298,7 +299,7 @@ def notebook_code(path: Path) -> str:
 def test_notebook_keyword_arguments_exist_in_installed_libraries(path):
     code = notebook_code(path)
     assert "SFTConfig(" in code and "from_pretrained(" in code  # the calls this test exists for are there
-    assert preflight.unknown_call_keywords(code) == []
+    assert api_checks.unknown_call_keywords(code) == []
 
 
 def test_old_tutorial_keywords_are_reported_with_their_new_names():
@@ -310,7 +311,7 @@ def test_old_tutorial_keywords_are_reported_with_their_new_names():
         "lora = LoraConfig(r=8, target_module=['q_proj'])\n"
         "%pip install trl\n"
     )
-    problems = preflight.unknown_call_keywords(code)
+    problems = api_checks.unknown_call_keywords(code)
     assert "line 1: SFTConfig(max_seq_length=...) is not accepted; use max_length (in SFTConfig)" in problems
     assert "line 1: SFTConfig(evaluation_strategy=...) is not accepted; use eval_strategy" in problems
     assert "line 2: SFTTrainer(tokenizer=...) is not accepted; use processing_class" in problems
@@ -351,16 +352,6 @@ def test_full_fine_tuning_of_1b_that_does_not_fit_is_refused_with_the_options():
         activation_bytes=2, **shape,
     )
     assert preflight.choose_plan({"lora": lora}, 15 * GiB, where="a T4", reserve_bytes=GiB // 2) == "lora"
-
-
-def test_disk_preflight_refuses_when_checkpoints_will_not_fit(monkeypatch, tmp_path):
-    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: type("Usage", (), {"free": 20 * GiB})())
-    with pytest.raises(OSError) as info:
-        preflight.check_disk_space(tmp_path / "not-yet" / "checkpoints", checkpoint_bytes=15 * GiB, keep=2)
-    message = str(info.value)
-    assert "need about 30.00 GiB for 2 checkpoints of 15.00 GiB, but only 20.00 GiB is free" in message
-    assert "save_total_limit" in message
-    assert preflight.check_disk_space(tmp_path, checkpoint_bytes=5 * GiB, keep=2) == 20 * GiB
 
 
 def test_fp16_trainable_weights_are_refused_up_front():
@@ -414,9 +405,9 @@ def test_double_bos_from_rendering_then_tokenizing_is_caught(tokenizer):
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     naive = tokenizer(text)["input_ids"]  # the template wrote a BOS, the tokenizer adds another
     with pytest.raises(ValueError, match=r"found it at positions \[0, 1\].*add_special_tokens=False"):
-        guards.check_one_bos(naive, tokenizer)
-    guards.check_one_bos(tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer)
-    guards.check_one_bos(
+        api_checks.check_one_bos(naive, tokenizer)
+    api_checks.check_one_bos(tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer)
+    api_checks.check_one_bos(
         tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"], tokenizer
     )
 
@@ -445,11 +436,11 @@ def test_template_date_must_be_pinned(monkeypatch):
     assert ids_on(1) != ids_on(2)  # unpinned: the prompt changes every day
     assert ids_on(1, **CHAT_TEMPLATE_KWARGS) == ids_on(2, **CHAT_TEMPLATE_KWARGS)
     with pytest.raises(ValueError, match=r"writes today's date.*CHAT_TEMPLATE_KWARGS"):
-        guards.check_template_pinned(tok, {})
-    guards.check_template_pinned(tok, CHAT_TEMPLATE_KWARGS)
+        api_checks.check_template_pinned(tok, {})
+    api_checks.check_template_pinned(tok, CHAT_TEMPLATE_KWARGS)
     tok.chat_template = None
     with pytest.raises(ValueError, match=r"no chat template \(base checkpoints ship none\).*-Instruct"):
-        guards.check_template_pinned(tok, CHAT_TEMPLATE_KWARGS)
+        api_checks.check_template_pinned(tok, CHAT_TEMPLATE_KWARGS)
 
 
 # ---------------------------------------------------------------------------
@@ -530,15 +521,6 @@ def test_adapter_onto_a_base_with_another_name_is_refused(tmp_path):
     wrong = LlamaForCausalLM.from_pretrained(tmp_path / "Llama-3.2-1B")
     with pytest.raises(ValueError, match=r"was trained on '.*Llama-3\.2-1B-Instruct', not '.*Llama-3\.2-1B'"):
         guards.check_adapter_base(adapter, wrong)
-
-
-def test_tied_embeddings_in_modules_to_save_need_ensure_weight_tying():
-    model = small_llama()
-    config = LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["embed_tokens", "lm_head"])
-    with pytest.raises(ValueError, match=r"tie_word_embeddings=True.*ensure_weight_tying=True"):
-        guards.check_tied_adapter(model, config)
-    ok = LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["embed_tokens", "lm_head"], ensure_weight_tying=True)
-    guards.check_tied_adapter(model, ok)
 
 
 def test_tied_embeddings_survive_merge_save_and_reload(tmp_path):
@@ -670,7 +652,7 @@ def test_a_diverged_run_does_not_overwrite_good_results(tmp_path):
     path = write_json_atomic(tmp_path / "lora.json", {"eval_loss": 1.23})
     metrics = {"eval_loss": float("nan"), "perplexity": float("inf"), "accuracy_after": 0.0}
     with pytest.raises(ValueError, match=r"Not saving results: eval_loss=nan, perplexity=inf\. The run diverged"):
-        guards.check_finite_metrics(**metrics)
+        check_finite_metrics(**metrics)
         write_json_atomic(path, metrics)
     assert json.loads(path.read_text()) == {"eval_loss": 1.23}
 

@@ -11,13 +11,13 @@ import json
 import re
 from datetime import datetime
 
+import api_checks
 import jinja2
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 from transformers.utils import chat_template_utils
 
-from helpers import guards
 from helpers.data import check_lengths, load_support, to_conversational
 from helpers.evaluate import tokenize_with_mask
 from helpers.models import (
@@ -126,7 +126,7 @@ def test_mask_covers_system_header_user_turn_and_assistant_header(which, system_
         assert labels[:n_prompt] == [-100] * n_prompt
         assert labels[n_prompt:] == ids[n_prompt:] == ids_of(tok, original["completion"].strip() + "<|eot_id|>")
         assert labels[-1] == eot  # ... and the answer is trained on, up to and including its end of turn
-        guards.check_one_bos(ids, tok)
+        api_checks.check_one_bos(ids, tok)
 
 
 def test_trl_builds_the_same_labels_through_this_template(tok_and_model, raw, tmp_path):
@@ -173,17 +173,17 @@ def test_pinned_date_is_stable_and_unpinned_date_is_today(tiny_tok, monkeypatch)
 def test_guards_on_this_template(tiny_tok, random_tok):
     for tok in (tiny_tok, random_tok):
         with pytest.raises(ValueError, match=r"writes today's date.*CHAT_TEMPLATE_KWARGS"):
-            guards.check_template_pinned(tok, {})
-        guards.check_template_pinned(tok, CHAT_TEMPLATE_KWARGS)
+            api_checks.check_template_pinned(tok, {})
+        api_checks.check_template_pinned(tok, CHAT_TEMPLATE_KWARGS)
         messages = [{"role": "user", "content": "Where is order 48213?"}]
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **CHAT_TEMPLATE_KWARGS)
         assert text.startswith("<|begin_of_text|>")
         with pytest.raises(ValueError, match=r"found it at positions \[0, 1\]"):
-            guards.check_one_bos(tok(text)["input_ids"], tok)  # the template's BOS plus the tokenizer's
-        guards.check_one_bos(ids_of(tok, text), tok)
+            api_checks.check_one_bos(tok(text)["input_ids"], tok)  # the template's BOS plus the tokenizer's
+        api_checks.check_one_bos(ids_of(tok, text), tok)
     simple = load_tokenizer(str(TINY_MODEL_DIR))
     assert simple.chat_template == CHAT_TEMPLATE
-    guards.check_template_pinned(simple, {})  # a template without a date needs no pin
+    api_checks.check_template_pinned(simple, {})  # a template without a date needs no pin
 
 
 def test_pad_token_is_not_end_of_turn_or_a_stop_id(random_tok, random_dir):
