@@ -28,16 +28,23 @@ def tokenize_with_mask(tokenizer: PreTrainedTokenizerBase, example: dict) -> tup
     return full_ids, labels
 
 
+def longest_first(lengths: list[int]) -> list[int]:
+    """Indices from the longest item to the shortest: batches of neighbours then need little padding."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
 @torch.no_grad()
 def eval_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, batch_size: int = 16) -> dict:
-    """Mean loss per answer token over a conversational prompt/completion dataset, and its perplexity."""
+    """Mean loss per answer token over a conversational prompt/completion dataset, its perplexity, and padding share."""
     model.eval()
     device = next(model.parameters()).device
-    total_loss, total_tokens = 0.0, 0
+    total_loss, total_tokens, computed, real = 0.0, 0, 0, 0
     rows = [tokenize_with_mask(tokenizer, ex) for ex in dataset]
+    rows = [rows[i] for i in longest_first([len(ids) for ids, _ in rows])]  # the sums do not depend on the order
     for i in tqdm(range(0, len(rows), batch_size), desc="eval loss", leave=False):
         batch = rows[i : i + batch_size]
         width = max(len(ids) for ids, _ in batch)
+        computed, real = computed + width * len(batch), real + sum(len(ids) for ids, _ in batch)
         ids = torch.full((len(batch), width), tokenizer.pad_token_id)
         labels = torch.full((len(batch), width), -100)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -51,7 +58,7 @@ def eval_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, datase
         total_loss += loss.item()
         total_tokens += int((shift_labels != -100).sum())
     mean = total_loss / total_tokens
-    return {"eval_loss": mean, "perplexity": math.exp(mean), "answer_tokens": total_tokens}
+    return {"eval_loss": mean, "perplexity": math.exp(mean), "answer_tokens": total_tokens, "padding_share": 1 - real / computed}
 
 
 @torch.no_grad()
@@ -62,14 +69,16 @@ def generate_replies(
     max_new_tokens: int = 64,
     batch_size: int = 32,
 ) -> list[str]:
-    """Greedy replies to chat prompts, batched with left padding, stopping on the end-of-turn token."""
+    """Greedy replies to chat prompts, batched longest first with left padding, stopping on the end-of-turn token."""
     model.eval()
     device = next(model.parameters()).device
+    all_ids = [_ids(tokenizer, p, add_generation_prompt=True) for p in prompts]
+    order = longest_first([len(ids) for ids in all_ids])  # prompts of similar length together: little padding
     replies: list[str] = []
     old_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         for i in tqdm(range(0, len(prompts), batch_size), desc="generate", leave=False):
-            batch = [_ids(tokenizer, p, add_generation_prompt=True) for p in prompts[i : i + batch_size]]
+            batch = [all_ids[j] for j in order[i : i + batch_size]]
             enc = tokenizer.pad({"input_ids": batch}, return_tensors="pt").to(device)
             out = model.generate(
                 **enc,
@@ -81,7 +90,10 @@ def generate_replies(
             replies += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     finally:
         tokenizer.padding_side = old_side
-    return [r.strip() for r in replies]
+    in_order = [""] * len(prompts)
+    for j, reply in zip(order, replies, strict=True):
+        in_order[j] = reply.strip()
+    return in_order
 
 
 def task_accuracy(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -367,3 +369,23 @@ def checkpoint_on_interrupt(trainer: Trainer):
             f"Training interrupted at step {guard.step}; checkpoint saved in {shown(output_dir)}/checkpoint-{guard.step}. "
             "Re-run this cell to resume from it (later cells would otherwise use a half-trained model)."
         )
+
+
+def check_report_to(report_to: str) -> None:
+    """Fail at once, with the fix, if the chosen tracker is not installed or (wandb) not logged in: never a prompt."""
+    trackers = {"none": None, "tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb"}
+    if report_to not in trackers:
+        raise ValueError(f"REPORT_TO={report_to!r} is not one of {', '.join(map(repr, trackers))}.")
+    package = trackers[report_to]
+    if package and importlib.util.find_spec(package) is None:
+        login = {"wandb": ", then `wandb login` (or set WANDB_API_KEY)", "trackio": ""}.get(package, "")
+        raise ModuleNotFoundError(f"REPORT_TO={report_to!r} needs {package}: pip install {package}{login}, then re-run.")
+    if report_to == "wandb" and os.environ.get("WANDB_MODE") not in ("offline", "disabled"):
+        netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+        logged_in = os.environ.get("WANDB_API_KEY") or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+        if not logged_in:
+            raise RuntimeError(
+                "REPORT_TO='wandb' but this machine is not logged in to Weights & Biases, so training would stop at a "
+                "login prompt. Fix: run `wandb login` in a terminal (or set WANDB_API_KEY; in Colab: Secrets), or set "
+                "WANDB_MODE=offline to log locally, then re-run."
+            )

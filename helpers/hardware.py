@@ -27,17 +27,20 @@ class Precision:
         runs the forward and backward passes in float16 (fp16=True): pure float16 weights would lose
         the small updates and the Trainer's gradient scaler refuses float16 trainable weights.
     bf16, fp16: the values to pass to TrainingArguments / SFTConfig.
+    logits_rtol: how far, relative to the largest logit, two computations of the same logits may differ
+        in this format (e.g. a merged model against the model with its adapter).
     """
 
     name: str
     torch_dtype: torch.dtype
     bf16: bool
     fp16: bool
+    logits_rtol: float
 
 
-BF16 = Precision(name="bf16", torch_dtype=torch.bfloat16, bf16=True, fp16=False)
-FP16_MIXED = Precision(name="fp16 mixed", torch_dtype=torch.float16, bf16=False, fp16=True)
-FP32 = Precision(name="fp32", torch_dtype=torch.float32, bf16=False, fp16=False)
+BF16 = Precision(name="bf16", torch_dtype=torch.bfloat16, bf16=True, fp16=False, logits_rtol=5e-2)
+FP16_MIXED = Precision(name="fp16 mixed", torch_dtype=torch.float16, bf16=False, fp16=True, logits_rtol=1e-2)
+FP32 = Precision(name="fp32", torch_dtype=torch.float32, bf16=False, fp16=False, logits_rtol=1e-5)
 
 
 def choose_precision(device_type: str, capability: tuple[int, int] | None, requested: str = "auto") -> Precision:

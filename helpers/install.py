@@ -5,9 +5,11 @@ Standard library only: it runs before any of the course's libraries may be impor
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -87,3 +89,14 @@ def install_missing(
             "(Kernel > Restart; in Colab: Runtime > Restart session) and run the notebook again from the top."
         )
     return todo
+
+
+def setup_notebook() -> None:
+    """The notebooks' setup: install what is missing (never torch), then quiet output that teaches nothing."""
+    install_missing()  # says once if a restart is needed
+    warnings.filterwarnings("ignore", message="IProgress not found")  # plain-text progress bars without ipywidgets
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated")  # raised inside peft/trl
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # optional CPU kernel from the hub
+    import datasets  # only now: install_missing may just have installed it
+
+    datasets.disable_progress_bars()  # per-row "Map" bars add nothing for a few thousand examples

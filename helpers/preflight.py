@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -10,8 +11,10 @@ import huggingface_hub
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 from packaging.version import Version
 
+from helpers.hardware import Hardware, detect_hardware, package_versions
 from helpers.install import CORE, REQUIREMENTS, installed_version, is_compatible, read_pins
 from helpers.memory import fit_verdict
+from helpers.models import ModelChoice, choose_model, resolve_profile
 
 TOKEN_HELP = (
     "create a token with read access at https://huggingface.co/settings/tokens, then run `hf auth login` "
@@ -181,3 +184,32 @@ def choose_plan(
         "gradient checkpointing, train with LoRA (02_lora.ipynb) or QLoRA (4-bit base weights) instead of full "
         "fine-tuning, or use a GPU with more memory."
     )
+
+
+def describe_run(
+    profile: str, model_id: str | None, results_dir: str | Path | None, output_dir: str | Path | None
+) -> tuple[str, ModelChoice, Hardware, Path, Path]:
+    """Resolve the profile, model, hardware and folders; print them with the versions, and check what can be checked.
+
+    Environment variables win over the arguments: COURSE_PROFILE and COURSE_MODEL_ID (read by resolve_profile and
+    choose_model), COURSE_RESULTS_DIR and COURSE_OUTPUT_DIR (default: results/ and outputs/ in the course folder).
+    """
+    root = REQUIREMENTS.parent
+    hardware = detect_hardware()
+    profile = resolve_profile(profile)
+    choice = choose_model(profile, model_id)
+    results = Path(os.environ.get("COURSE_RESULTS_DIR") or results_dir or root / "results")
+    outputs = Path(os.environ.get("COURSE_OUTPUT_DIR") or output_dir or root / "outputs")
+    print(f"Profile   : {profile}")
+    print(f"Model     : {choice.description}")
+    print(f"Hardware  : {hardware.describe()}")
+    print(f"Precision : {hardware.precision.name}")
+    print("Versions  : " + ", ".join(f"{k} {v}" for k, v in package_versions().items()))
+    check_pinned_versions()  # names the fix if the libraries differ from the tested set in requirements.txt
+    if profile == "llama-3.2-1b":
+        check_model_access(choice.path)  # gated model: says whether the token, the licence or the network is missing
+    else:
+        print("NOTE: outputs below come from a stand-in model, not from Llama 3.2 1B's pretrained weights.")
+    if not choice.accuracy_means_something:
+        print("NOTE: random weights: memory and speed are real, loss and accuracy mean nothing.")
+    return profile, choice, hardware, results, outputs

@@ -673,3 +673,40 @@ def test_save_results_refuses_a_diverged_run_and_keeps_the_old_file(tmp_path):
     with pytest.raises(ValueError, match=r"Not saving results: eval_loss=nan\. The run diverged"):
         save_results(path, method="full", eval_loss=float("nan"))
     assert json.loads(path.read_text()) == {"eval_loss": 0.5}
+
+
+# ---------------------------------------------------------------------------
+# Experiment tracking
+# ---------------------------------------------------------------------------
+
+
+def test_tensorboard_gets_the_training_loss_under_the_output_folder(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    guards.check_report_to("tensorboard")
+    trainer = make_trainer(tmp_path, max_steps=4, report_to="tensorboard", save_strategy="no")
+    trainer.train()
+    runs = sorted((tmp_path / "runs").iterdir())  # transformers writes to <output_dir>/runs/<date>_<host>
+    assert len(runs) == 1
+    events = EventAccumulator(str(runs[0]))
+    events.Reload()
+    losses = [s.value for s in events.Scalars("train/loss")]
+    logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 4 and losses == pytest.approx(logged, rel=1e-5)
+
+
+def test_trackers_that_cannot_run_fail_at_once_with_the_fix(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match=r"REPORT_TO='tensorbord' is not one of"):
+        guards.check_report_to("tensorbord")
+    monkeypatch.setattr(guards.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match=r"needs wandb: pip install wandb, then `wandb login`"):
+        guards.check_report_to("wandb")
+    monkeypatch.setattr(guards.importlib.util, "find_spec", lambda name: object())  # installed, not logged in
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "absent-netrc"))
+    with pytest.raises(RuntimeError, match=r"not logged in to Weights & Biases.*wandb login.*WANDB_MODE=offline"):
+        guards.check_report_to("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    guards.check_report_to("wandb")  # offline: logs locally, no login needed
+    guards.check_report_to("none")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from helpers.hardware import (
     detect_hardware,
     package_versions,
 )
+from helpers.preflight import describe_run
 
 
 @pytest.mark.parametrize(
@@ -225,3 +227,17 @@ def test_the_upstream_repacking_bug_is_still_there_or_the_workaround_can_go():
     assert not torch.allclose(broken, reference, atol=1e-3), (
         "bitsandbytes no longer breaks backprop after an evaluation: keep_4bit_layers_trainable may be removed"
     )
+
+
+def test_describe_run_prints_the_banner_and_lets_the_environment_choose_the_folders(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("COURSE_PROFILE", "tiny")
+    monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.delenv("COURSE_OUTPUT_DIR", raising=False)
+    profile, choice, hardware, results_dir, output_dir = describe_run("auto", None, "ignored", None)
+    assert profile == "tiny" and "tiny Llama" in choice.description
+    assert results_dir == tmp_path / "results"  # the environment wins over the parameters cell
+    assert output_dir == Path(__file__).resolve().parent.parent / "outputs"  # default: in the course folder
+    printed = capsys.readouterr().out
+    for label in ("Profile   : tiny", "Model     :", f"Hardware  : {hardware.describe()}", "Precision :", "Versions  :"):
+        assert label in printed
+    assert "NOTE: outputs below come from a stand-in model" in printed

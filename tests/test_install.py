@@ -107,10 +107,12 @@ def test_check_pinned_versions_agrees_with_the_install_rule(tmp_path):
         preflight.check_pinned_versions(requirements)
 
 
-def test_the_setup_cells_call_the_install_rule():
+def test_the_setup_cells_call_the_install_rule_in_a_few_lines():
     for path in sorted((ROOT / "notebooks").glob("0*_*.ipynb")):
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
         setup = "".join(next(c for c in cells if c["cell_type"] == "code")["source"])
-        assert "install_missing()" in setup, path.name
-        assert "pip" not in setup.replace("install_missing", ""), f"{path.name}: pip belongs to helpers.install"
-
+        assert "setup_notebook()" in setup, path.name
+        assert "pip" not in setup, f"{path.name}: pip belongs to helpers.install"
+        before = cells[: next(i for i, c in enumerate(cells) if "PROFILE = " in "".join(c["source"]))]
+        lines = [line for c in before if c["cell_type"] == "code" for line in "".join(c["source"]).splitlines()]
+        assert len([line for line in lines if line.strip()]) <= 8, f"{path.name}: the opening is plumbing, keep it short"

@@ -19,7 +19,14 @@ from transformers import (
 from helpers import models
 from helpers.artifacts import atomic_dir
 from helpers.data import check_lengths, load_support, to_conversational
-from helpers.evaluate import copy_probe, eval_loss, generate_replies, tokenize_with_mask, wilson_interval
+from helpers.evaluate import (
+    copy_probe,
+    eval_loss,
+    generate_replies,
+    longest_first,
+    tokenize_with_mask,
+    wilson_interval,
+)
 from helpers.guards import check_special_tokens
 from helpers.models import (
     CHAT_TEMPLATE_KWARGS,
@@ -172,6 +179,13 @@ def test_eval_loss_is_finite_and_batch_size_independent(model, tokenizer, exampl
     b = eval_loss(model, tokenizer, examples["validation"], batch_size=3)
     assert math.isfinite(a["eval_loss"]) and a["perplexity"] == pytest.approx(math.exp(a["eval_loss"]))
     assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-4)
+
+
+def test_evaluation_batches_are_mostly_real_tokens(model, tokenizer):
+    """Issue 14: at most 5% of the positions an evaluation batch computes are padding (longest-first batches)."""
+    validation = to_conversational(load_support({"validation": 200})["validation"], chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
+    assert eval_loss(model, tokenizer, validation, batch_size=16)["padding_share"] <= 0.05
+    assert longest_first([3, 9, 1, 9]) in ([1, 3, 0, 2], [3, 1, 0, 2])
 
 
 def test_batched_generation_matches_one_at_a_time(model, tokenizer, examples):
