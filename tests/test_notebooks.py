@@ -161,6 +161,16 @@ def test_course_shape(path):
     assert 'REPORT_TO = "none"' in "".join(tagged[0]["source"])
 
 
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_every_exercise_has_a_hint_to_open_after_trying(path):
+    last = "".join(load(path)["cells"][-1]["source"])
+    exercises, _, hints = last.partition("<details>")
+    count = len(re.findall(r"^\d+\. ", exercises, re.M))
+    assert count >= 3, f"{path.name}: the last cell lists the exercises"
+    assert "<summary>" in hints and "</details>" in hints, f"{path.name}: hints are collapsed under the exercises"
+    assert len(re.findall(r"^\d+\. ", hints, re.M)) == count, f"{path.name}: one hint per exercise"
+
 @pytest.mark.parametrize("name", sorted(LESSON_CALLS))
 def test_lesson_calls_are_written_in_the_notebook(name):
     source = "\n".join("".join(c["source"]) for c in code_cells(load(NOTEBOOKS / name)))
