@@ -1,0 +1,174 @@
+"""The notebooks' recipe as a script: full fine-tuning, LoRA or QLoRA, on a CPU, one GPU or several.
+
+    python scripts/train.py --method lora                                   # one GPU (or the CPU)
+    accelerate launch --num_processes 2 scripts/train.py --method lora      # two GPUs: data parallel (DDP)
+    accelerate launch --cpu --num_processes 1 scripts/train.py --method qlora --profile tiny   # what the tests run
+
+Same data, model loading, LoraConfig / BitsAndBytesConfig and SFTConfig settings as notebooks 1 to 3. The global batch
+(--global-batch, default 8 examples per optimizer step) is split across the processes, so one GPU and four train the
+same recipe. Checkpoints go to <output-dir>/checkpoints (an interrupted run resumes from the newest complete one);
+the trained model or adapter and the tokenizer go to <output-dir>/final, written whole or not at all. Profiles and
+environment variables as in the notebooks (COURSE_PROFILE, COURSE_MODEL_ID, COURSE_PRECISION).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+from trl import SFTConfig, SFTTrainer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from helpers.artifacts import atomic_dir, shown  # noqa: E402
+from helpers.data import check_lengths, load_support, to_conversational  # noqa: E402
+from helpers.evaluate import eval_loss, task_accuracy, with_interval  # noqa: E402
+from helpers.guards import (  # noqa: E402
+    StopOnNonFiniteLoss,
+    check_report_to,
+    check_special_tokens,
+    check_trainable_dtypes,
+    checkpoint_on_interrupt,
+    last_good_checkpoint,
+)
+from helpers.hardware import detect_hardware, keep_4bit_layers_trainable  # noqa: E402
+from helpers.models import CHAT_TEMPLATE_KWARGS, choose_model, load_tokenizer, resolve_profile  # noqa: E402
+
+LEARNING_RATES = {  # as in the notebooks: (tiny profile, real model)
+    "full": (5e-4, 1e-5),
+    "lora": (5e-3, 2e-4),
+    "qlora": (5e-3, 2e-4),
+}
+
+
+def per_device_batch(global_batch: int, processes: int) -> int:
+    """Examples per process and step, so that every optimizer step sees global_batch examples on any process count."""
+    if global_batch % processes:
+        raise ValueError(
+            f"--global-batch {global_batch} does not split evenly over {processes} processes: pass a multiple of "
+            f"{processes} (e.g. --global-batch {processes * max(1, global_batch // processes)})."
+        )
+    return global_batch // processes
+
+
+def load_model(method: str, path: str, dtype: torch.dtype, device: str | int, seed: int) -> torch.nn.Module:
+    """The base model for a method, with LoRA adapters for lora and qlora (4-bit NF4 base for qlora)."""
+    torch.manual_seed(seed)
+    if method == "full":
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # float32 master weights
+    if method == "lora":
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    else:
+        bnb_config = BitsAndBytesConfig(
+            load_in_4bit=True,  # the linear layers' weights in 4 bits
+            bnb_4bit_quant_type="nf4",  # NormalFloat4
+            bnb_4bit_use_double_quant=True,  # quantize the per-block scales too
+            bnb_4bit_compute_dtype=dtype,  # each matmul dequantizes to this
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=bnb_config, dtype=dtype, device_map={"": device}  # one copy per process
+        )
+        keep_4bit_layers_trainable(model)  # CPU only: see notebook 3
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lora_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora_config)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", choices=sorted(LEARNING_RATES), required=True)
+    parser.add_argument("--profile", default="auto", help="auto, llama-3.2-1b, tiny or llama-3.2-1b-random")
+    parser.add_argument("--model-id", default=None, help="hub id for the llama-3.2-1b profile")
+    parser.add_argument("--train-examples", type=int, default=2000)
+    parser.add_argument("--eval-examples", type=int, default=200)
+    parser.add_argument("--test-examples", type=int, default=300, help="task accuracy after training (0: skip)")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--global-batch", type=int, default=8, help="examples per optimizer step, over all processes")
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: the notebook's for the method")
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (default: one epoch)")
+    parser.add_argument("--output-dir", type=Path, default=None, help="default: outputs/script-<method>")
+    parser.add_argument("--report-to", default="none", help="none, tensorboard, trackio or wandb")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+
+    state = PartialState()  # one process, or one per GPU under accelerate launch / torchrun
+    check_report_to(args.report_to)
+    batch = per_device_batch(args.global_batch, state.num_processes)
+    hardware = detect_hardware()
+    precision = hardware.precision
+    profile = resolve_profile(args.profile)
+    choice = choose_model(profile, args.model_id)
+    output_dir = args.output_dir or ROOT / "outputs" / f"script-{args.method}"
+    if state.is_main_process:
+        print(f"{args.method} on {choice.description}; {hardware.describe()}, {precision.name}; "
+              f"{state.num_processes} process(es) x {batch} examples per step")
+
+    tokenizer = load_tokenizer(choice.path)
+    device = (state.device.index or 0) if state.device.type == "cuda" else "cpu"  # this process's GPU
+    model = load_model(args.method, choice.path, precision.torch_dtype, device, args.seed)
+    check_special_tokens(model, tokenizer)
+    sizes = {"train": args.train_examples, "validation": args.eval_examples, "test": args.test_examples}
+    dataset = to_conversational(load_support({k: n for k, n in sizes.items() if n}), chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
+    check_lengths(dataset["train"], tokenizer, args.max_length)
+
+    training_args = SFTConfig(
+        output_dir=str(output_dir / "checkpoints"),
+        num_train_epochs=1,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=batch,
+        gradient_checkpointing=False,  # TRL's default is on; the notebooks turn it off
+        learning_rate=args.learning_rate or LEARNING_RATES[args.method][profile != "tiny"],
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        max_length=args.max_length,
+        completion_only_loss=True,
+        bf16=precision.bf16,
+        fp16=precision.fp16,
+        use_cpu=hardware.device_type == "cpu",
+        logging_steps=10,
+        save_steps=100,
+        save_total_limit=2,
+        seed=args.seed,
+        report_to=args.report_to,
+        logging_nan_inf_filter=False,
+        ddp_find_unused_parameters=False,  # every adapter takes part in every step
+    )
+    check_trainable_dtypes(model, training_args.fp16)  # float16 trainable weights would fail later, obscurely
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset["train"],
+        processing_class=tokenizer,
+        callbacks=[StopOnNonFiniteLoss()],
+    )
+    if args.method == "qlora" and not training_args.bf16:  # as notebook 3: keep the adapter float32 outside bf16
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+
+    checkpoint = last_good_checkpoint(training_args.output_dir, quiet=not state.is_main_process)
+    with checkpoint_on_interrupt(trainer):
+        trainer.train(resume_from_checkpoint=checkpoint)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    with atomic_dir(output_dir / "final") as folder:
+        model.save_pretrained(folder)  # the adapter alone for lora and qlora, the whole model for full
+        tokenizer.save_pretrained(folder)
+    loss = eval_loss(model, tokenizer, dataset["validation"])
+    print(f"eval loss {loss['eval_loss']:.3f} on {len(dataset['validation'])} validation examples")
+    if args.test_examples:
+        scores, _ = task_accuracy(model, tokenizer, dataset["test"])
+        print(f"accuracy {with_interval(scores['accuracy'], len(dataset['test']))}")
+    print(f"saved {shown(output_dir / 'final')}")
+
+
+if __name__ == "__main__":
+    main()
