@@ -14,6 +14,8 @@ environment variables as in the notebooks (COURSE_PROFILE, COURSE_MODEL_ID, COUR
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 from pathlib import Path
 
@@ -37,8 +39,9 @@ from helpers.guards import (  # noqa: E402
     checkpoint_on_interrupt,
     last_good_checkpoint,
 )
-from helpers.hardware import detect_hardware, keep_4bit_layers_trainable  # noqa: E402
-from helpers.models import CHAT_TEMPLATE_KWARGS, choose_model, load_tokenizer, resolve_profile  # noqa: E402
+from helpers.hardware import keep_4bit_layers_trainable  # noqa: E402
+from helpers.models import CHAT_TEMPLATE_KWARGS, load_tokenizer  # noqa: E402
+from helpers.preflight import describe_run  # noqa: E402
 
 LEARNING_RATES = {  # as in the notebooks: (tiny profile, real model)
     "full": (5e-4, 1e-5),
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--global-batch", type=int, default=8, help="examples per optimizer step, over all processes")
     parser.add_argument("--learning-rate", type=float, default=None, help="default: the notebook's for the method")
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (default: one epoch)")
-    parser.add_argument("--output-dir", type=Path, default=None, help="default: outputs/script-<method>")
+    parser.add_argument("--output-dir", type=Path, default=None, help="default: script-<method> in outputs/ (COURSE_OUTPUT_DIR)")
     parser.add_argument("--report-to", default="none", help="none, tensorboard, trackio or wandb")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
@@ -100,14 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     state = PartialState()  # one process, or one per GPU under accelerate launch / torchrun
     check_report_to(args.report_to)
     batch = per_device_batch(args.global_batch, state.num_processes)
-    hardware = detect_hardware()
+    with contextlib.redirect_stdout(sys.stdout if state.is_main_process else io.StringIO()):  # one banner
+        profile, choice, hardware, _, outputs = describe_run(args.profile, args.model_id, None, None)
     precision = hardware.precision
-    profile = resolve_profile(args.profile)
-    choice = choose_model(profile, args.model_id)
-    output_dir = args.output_dir or ROOT / "outputs" / f"script-{args.method}"
+    output_dir = args.output_dir or outputs / f"script-{args.method}"
     if state.is_main_process:
-        print(f"{args.method} on {choice.description}; {hardware.describe()}, {precision.name}; "
-              f"{state.num_processes} process(es) x {batch} examples per step")
+        print(f"{args.method}: {state.num_processes} process(es) x {batch} examples per step")
 
     tokenizer = load_tokenizer(choice.path)
     device = (state.device.index or 0) if state.device.type == "cuda" else "cpu"  # this process's GPU
