@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: course test lint venv clean-venv smoke-random gpu-check-dry-run
+.PHONY: course test lint venv clean-venv smoke-random gpu-check-dry-run bench
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ test: $(STAMP)
 	COURSE_PROFILE=$${COURSE_PROFILE:-tiny} COURSE_RESULTS_DIR=$(CURDIR)/.cache/test-run/results \
 	COURSE_OUTPUT_DIR=$(CURDIR)/.cache/test-run/outputs \
 	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=15 tests notebooks
+
+# The course's training recipe against the pipeline a learner would copy, one knob at a time (tiny profile, every
+# row in its own process) -> results/benchmark.json, which notebook 4 shows. About 3 minutes on 2 CPU cores.
+bench: $(STAMP)
+	TQDM_DISABLE=1 $(PY) scripts/benchmark.py
 
 # Notebooks 1-3 in the llama-3.2-1b-random profile with the smoke budget (real Llama 3.2 1B shapes, random weights);
 # the executed copies go to .cache/smoke-random/, the committed notebooks are left alone.

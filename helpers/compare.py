@@ -92,3 +92,52 @@ def format_rows(rows: dict[str, dict[str, str]]) -> str:
     for row, values in rows.items():
         lines.append(row.ljust(width) + "  " + "  ".join(values.get(m, "").rjust(w) for m, w in zip(methods, cells, strict=True)))
     return "\n".join(lines)
+
+
+def benchmark_rows(run: dict) -> list[dict]:
+    """One run of scripts/benchmark.py as table rows: each row's speed against its method's naive row."""
+    naive = {r["method"]: r for r in run["rows"] if r["row"] == "naive" and "error" not in r}
+    rows = []
+    for r in run["rows"]:
+        if "error" in r:
+            rows.append({"method": r["method"], "row": r["row"], "tokens/s": "failed: " + r["error"].splitlines()[-1][:80]})
+            continue
+        base = naive.get(r["method"])
+        memory = r["peak_memory"]
+        rows.append(
+            {
+                "method": r["method"],
+                "row": r["row"],
+                "tokens/s": f"{r['tokens_per_second']:,.0f}",
+                "x naive": f"{r['tokens_per_second'] / base['tokens_per_second']:.2f}x" if base else "n/a",
+                "padding": f"{r['padding_share']:.1%}",
+                "peak memory": format_bytes(memory["peak_bytes"]),
+                "reserved (CUDA)": format_bytes(memory["peak_reserved_bytes"]) if "peak_reserved_bytes" in memory else "",
+                "train loss": f"{r['train_loss']:.3f}",
+                "eval loss": f"{r['eval_loss']:.3f}",
+            }
+        )
+    return rows
+
+
+def benchmark_findings(run: dict) -> list[str]:
+    """Per method, the course recipe against naive in one line, with the spread a second seed gives as the noise."""
+    by_row = {(r["method"], r["row"]): r for r in run["rows"] if "error" not in r}
+    lines = []
+    for method in dict.fromkeys(r["method"] for r in run["rows"]):
+        naive, course = by_row.get((method, "naive")), by_row.get((method, "course"))
+        if not (naive and course):
+            continue
+        line = (
+            f"{method}: course {course['tokens_per_second'] / naive['tokens_per_second']:.2f}x naive's real tokens/s, "
+            f"padding {naive['padding_share']:.1%} -> {course['padding_share']:.1%}, "
+            f"eval loss {naive['eval_loss']:.3f} -> {course['eval_loss']:.3f}"
+        )
+        seed = by_row.get((method, "naive, seed 43"))
+        if seed:
+            line += (
+                f"; naive with another seed: speed {seed['tokens_per_second'] / naive['tokens_per_second'] - 1:+.0%}, "
+                f"eval loss {seed['eval_loss'] - naive['eval_loss']:+.3f}"
+            )
+        lines.append(line)
+    return lines

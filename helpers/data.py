@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import random
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -472,6 +473,32 @@ def drop_too_long(ds: Dataset, tokenizer, max_length: int) -> Dataset:
         f"drop_too_long: dropped {len(ds) - len(keep)} of {len(ds)} examples longer than {max_length} tokens."
     )
     return ds.select(keep)
+
+
+def padding_share(lengths: list[int], batch_size: int) -> float:
+    """Share of the positions in consecutive batches of batch_size that are padding (each padded to its longest)."""
+    batches = [lengths[i : i + batch_size] for i in range(0, len(lengths), batch_size)]
+    return 1 - sum(lengths) / sum(max(batch) * len(batch) for batch in batches)
+
+
+def batches_of_similar_length(ds: Dataset, tokenizer, batch_size: int, seed: int, pool: int = 50) -> Dataset:
+    """Reorder ds so that each run of batch_size rows has similar lengths, the runs in random order.
+
+    Train on the result in order (train_sampling_strategy="sequential"). Rows are shuffled, sorted by length within
+    pools of `pool` batches, cut into batches, and the batches shuffled. transformers' own
+    train_sampling_strategy="group_by_length" keeps each pool longest-first instead, and that ordering cost LoRA
+    half its task accuracy in this course (notebook 4, "Making it faster and leaner").
+    """
+    lengths = token_lengths(ds, tokenizer)
+    rng = random.Random(seed)
+    order = list(range(len(ds)))
+    rng.shuffle(order)
+    batches = []
+    for start in range(0, len(order), pool * batch_size):
+        chunk = sorted(order[start : start + pool * batch_size], key=lengths.__getitem__)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return ds.select([i for batch in batches for i in batch])
 
 
 # ---------------------------------------------------------------------------

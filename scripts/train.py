@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from helpers.artifacts import atomic_dir, shown  # noqa: E402
-from helpers.data import check_lengths, load_support, to_conversational  # noqa: E402
+from helpers.data import batches_of_similar_length, check_lengths, load_support, to_conversational  # noqa: E402
 from helpers.evaluate import eval_loss, task_accuracy, with_interval  # noqa: E402
 from helpers.guards import (  # noqa: E402
     StopOnNonFiniteLoss,
@@ -60,13 +60,16 @@ def per_device_batch(global_batch: int, processes: int) -> int:
     return global_batch // processes
 
 
-def load_model(method: str, path: str, dtype: torch.dtype, device: str | int, seed: int) -> torch.nn.Module:
+def load_model(
+    method: str, path: str, dtype: torch.dtype, device: str | int, seed: int,
+    lora_dropout: float = 0.0, attention: str = "sdpa",
+) -> torch.nn.Module:
     """The base model for a method, with LoRA adapters for lora and qlora (4-bit NF4 base for qlora)."""
     torch.manual_seed(seed)
     if method == "full":
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # float32 master weights
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attention)  # float32 master weights
     if method == "lora":
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention)
     else:
         bnb_config = BitsAndBytesConfig(
             load_in_4bit=True,  # the linear layers' weights in 4 bits
@@ -75,11 +78,12 @@ def load_model(method: str, path: str, dtype: torch.dtype, device: str | int, se
             bnb_4bit_compute_dtype=dtype,  # each matmul dequantizes to this
         )
         model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=bnb_config, dtype=dtype, device_map={"": device}  # one copy per process
+            path, quantization_config=bnb_config, dtype=dtype, device_map={"": device},  # one copy per process
+            attn_implementation=attention,
         )
         keep_4bit_layers_trainable(model)  # CPU only: see notebook 3
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    lora_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    lora_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, lora_config)
 
 
@@ -96,6 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learning-rate", type=float, default=None, help="default: the notebook's for the method")
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (default: one epoch)")
     parser.add_argument("--output-dir", type=Path, default=None, help="default: script-<method> in outputs/ (COURSE_OUTPUT_DIR)")
+    parser.add_argument(
+        "--sampling", choices=["similar_length", "group_by_length", "random"], default="similar_length",
+        help="similar_length (the notebooks'), transformers' group_by_length (longest-first pools), or random batches",
+    )
     parser.add_argument("--report-to", default="none", help="none, tensorboard, trackio or wandb")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
@@ -117,6 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     sizes = {"train": args.train_examples, "validation": args.eval_examples, "test": args.test_examples}
     dataset = to_conversational(load_support({k: n for k, n in sizes.items() if n}), chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
     check_lengths(dataset["train"], tokenizer, args.max_length)
+    train_data = dataset["train"]
+    if args.sampling == "similar_length":  # as the notebooks: batches of similar length, in random order
+        train_data = batches_of_similar_length(train_data, tokenizer, args.global_batch, args.seed)
 
     training_args = SFTConfig(
         output_dir=str(output_dir / "checkpoints"),
@@ -124,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         max_steps=args.max_steps,
         per_device_train_batch_size=batch,
         gradient_checkpointing=False,  # TRL's default is on; the notebooks turn it off
+        train_sampling_strategy="sequential" if args.sampling == "similar_length" else args.sampling,
         learning_rate=args.learning_rate or LEARNING_RATES[args.method][profile != "tiny"],
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
@@ -144,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = SFTTrainer(
         model=model,
         args=training_args,
-        train_dataset=dataset["train"],
+        train_dataset=train_data,
         processing_class=tokenizer,
         callbacks=[StopOnNonFiniteLoss()],
     )

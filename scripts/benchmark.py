@@ -1,0 +1,328 @@
+"""The course's training recipe against the pipeline a learner would copy, one knob at a time.
+
+    python scripts/benchmark.py                  # tiny profile, every CPU row -> results/benchmark.json (make bench)
+    python scripts/benchmark.py --smoke          # two rows, a few steps: checks that the benchmark runs (CI)
+    python scripts/benchmark.py --profile llama-3.2-1b-random --long --rows gpu    # on a GPU: conversations up to 2048 tokens
+
+Every row trains the same examples (the first steps x batch of the training split, each seen once), from the same
+seed (one row per method uses another, to show how much the seed alone moves a row), so every row sees the same real
+tokens; it runs in its own process, so peak memory (RSS on a CPU; allocated and
+reserved on CUDA) is that row's alone. A row reports real (non-padding) tokens per second after warm-up, the share of
+computed positions that were padding, peak memory, the mean training loss and the eval loss after training.
+
+"naive" is what a learner gets from TRL's documented SFT example: SFTConfig defaults (gradient checkpointing on,
+random batches padded to their longest example) and PEFT's usual LoraConfig (lora_dropout=0.05). "course" is the
+recipe notebooks 1 to 3 use. The rows between change one knob at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+NAIVE = {  # TRL's SFTConfig defaults and PEFT's usual LoraConfig
+    "gradient_checkpointing": True,
+    "lora_dropout": 0.05,
+    "sampling": "random",  # random batches padded to their longest; "group_by_length" (transformers' sampler, each
+    # pool longest-first) or "similar_length" (helpers.data.batches_of_similar_length: the batches in random order)
+    "padding_free": False,
+    "attention": "sdpa",
+    "optim": "adamw_torch",
+    "torch_compile": False,
+    "liger": False,
+    "batch": 8,
+    "accumulation": 1,
+    "seed": 42,  # data order, initialisation; "naive, seed 43" shows how much a row moves from the seed alone
+}
+COURSE = {**NAIVE, "gradient_checkpointing": False, "lora_dropout": 0.0, "sampling": "similar_length"}
+
+# (row name, what changes from the row before or from "course")
+CPU_ROWS = {
+    "full": [
+        ("naive", {}),
+        ("naive, seed 43", {"seed": 43}),
+        ("no gradient checkpointing", {"gradient_checkpointing": False}),
+        ("+ transformers' group_by_length", {"gradient_checkpointing": False, "sampling": "group_by_length"}),
+        ("course", COURSE),
+        ("course, padding-free instead of grouping", {**COURSE, "sampling": "random", "padding_free": True}),
+    ],
+    "lora": [
+        ("naive", {}),
+        ("naive, seed 43", {"seed": 43}),
+        ("no gradient checkpointing", {"gradient_checkpointing": False}),
+        ("+ lora_dropout 0", {"gradient_checkpointing": False, "lora_dropout": 0.0}),
+        ("+ transformers' group_by_length", {**COURSE, "sampling": "group_by_length"}),
+        ("course", COURSE),
+        ("course, padding-free instead of grouping", {**COURSE, "sampling": "random", "padding_free": True}),
+        ("course, eager attention", {**COURSE, "attention": "eager"}),
+    ],
+    "qlora": [
+        ("naive", {}),
+        ("naive, seed 43", {"seed": 43}),
+        ("no gradient checkpointing", {"gradient_checkpointing": False}),
+        ("+ lora_dropout 0", {"gradient_checkpointing": False, "lora_dropout": 0.0}),
+        ("course", COURSE),
+    ],
+}
+GPU_EXTRA = [  # rows only a GPU can run or gains from
+    ("course, 8-bit AdamW", {**COURSE, "optim": "adamw_bnb_8bit"}),
+    ("course, paged 8-bit AdamW", {**COURSE, "optim": "paged_adamw_8bit"}),
+    ("course, Liger kernels", {**COURSE, "liger": True}),
+    ("course, torch.compile", {**COURSE, "torch_compile": True}),
+]
+UNSLOTH_ROWS = [  # QLoRA at the settings of Unsloth's Llama 3.2 1B notebook: r=16 all-linear, batch 1 x 8, checkpointing
+    ("unsloth settings", {**COURSE, "gradient_checkpointing": True, "batch": 1, "accumulation": 8}),
+    ("unsloth settings + Liger", {**COURSE, "gradient_checkpointing": True, "batch": 1, "accumulation": 8, "liger": True}),
+]
+SMOKE_ROWS = [("lora", "naive", {}), ("lora", "course", COURSE)]
+
+
+def plan(rows: str, methods: list[str]) -> list[tuple[str, str, dict]]:
+    """The rows to run: (method, row name, knobs), knobs complete."""
+    if rows == "smoke":
+        return [(m, name, {**NAIVE, **knobs}) for m, name, knobs in SMOKE_ROWS]
+    planned = []
+    for method in methods:
+        for name, knobs in CPU_ROWS[method]:
+            planned.append((method, name, {**NAIVE, **knobs}))
+        if rows == "gpu":
+            planned += [(method, name, {**NAIVE, **knobs}) for name, knobs in GPU_EXTRA]
+            if method == "qlora":
+                planned += [(method, name, {**NAIVE, **knobs}) for name, knobs in UNSLOTH_ROWS]
+    return planned
+
+
+def long_conversations(dataset, tokenizer, rows: int, max_length: int, seed: int):
+    """Multi-turn conversations of 1 to 24 support exchanges, at most max_length tokens; the loss is on the last reply."""
+    import random
+
+    from helpers.evaluate import tokenize_with_mask
+
+    rng = random.Random(seed)
+    conversations = []
+    while len(conversations) < rows:
+        chosen = [dataset[i] for i in rng.sample(range(len(dataset)), rng.randint(1, 24))]
+        conversation, history = None, []
+        for example in chosen:
+            candidate = {**example, "prompt": history + example["prompt"]}
+            if conversation is not None and len(tokenize_with_mask(tokenizer, candidate)[0]) > max_length:
+                break
+            conversation, history = candidate, candidate["prompt"] + example["completion"]
+        conversations.append(conversation)
+    return dataset.from_list(conversations)
+
+
+class CountingCollator:
+    """Wrap a data collator and count the positions it hands to the model: real tokens and padding."""
+
+    def __init__(self, collator) -> None:
+        self.collator = collator
+        self.real = 0
+        self.computed = 0
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        self.computed += batch["input_ids"].numel()
+        mask = batch.get("attention_mask")
+        self.real += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        return batch
+
+
+def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
+    """Train one row in this process and measure it."""
+    import torch
+    from train import LEARNING_RATES, load_model
+    from trl import SFTConfig, SFTTrainer
+
+    from helpers.data import batches_of_similar_length, check_lengths, load_support, to_conversational
+    from helpers.evaluate import eval_loss
+    from helpers.hardware import detect_hardware
+    from helpers.memory import MemoryTracker
+    from helpers.models import CHAT_TEMPLATE_KWARGS, choose_model, load_tokenizer, resolve_profile
+    from helpers.speed import ThroughputCallback
+
+    hardware = detect_hardware()
+    precision = hardware.precision
+    profile = resolve_profile(args.profile)
+    choice = choose_model(profile, None)
+    tokenizer = load_tokenizer(choice.path)
+    examples = args.steps * knobs["batch"] * knobs["accumulation"]
+    sizes = {"validation": args.eval_examples} if args.long else {"train": examples, "validation": args.eval_examples}
+    raw = load_support(sizes)
+    dataset = to_conversational(raw, chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
+    train = dataset["train"]
+    if args.long:
+        train = long_conversations(train, tokenizer, examples, args.max_length, seed=42)  # the same for every row
+    check_lengths(train, tokenizer, args.max_length)
+    sampling = knobs["sampling"]
+    if sampling == "similar_length":
+        train, sampling = batches_of_similar_length(train, tokenizer, knobs["batch"], knobs["seed"]), "sequential"
+
+    device = 0 if hardware.device_type == "cuda" else "cpu"
+    model = load_model(
+        method, choice.path, precision.torch_dtype, device, knobs["seed"],
+        lora_dropout=knobs["lora_dropout"], attention=knobs["attention"],
+    )
+    if knobs["gradient_checkpointing"] and method != "full":
+        model.enable_input_require_grads()  # checkpointed LoRA layers need a gradient path from the inputs
+    training_args = SFTConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench-"),
+        num_train_epochs=1,
+        per_device_train_batch_size=knobs["batch"],
+        gradient_accumulation_steps=knobs["accumulation"],
+        gradient_checkpointing=knobs["gradient_checkpointing"],
+        train_sampling_strategy=sampling,
+        padding_free=knobs["padding_free"],
+        max_length=None if knobs["padding_free"] else args.max_length,  # lengths were checked above
+        optim=knobs["optim"],
+        torch_compile=knobs["torch_compile"],
+        use_liger_kernel=knobs["liger"],
+        learning_rate=LEARNING_RATES[method][profile != "tiny"],
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        completion_only_loss=True,
+        bf16=precision.bf16,
+        fp16=precision.fp16,
+        use_cpu=hardware.device_type == "cpu",
+        logging_steps=1,
+        save_strategy="no",
+        seed=knobs["seed"],
+        report_to="none",
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+    )
+    throughput = ThroughputCallback(warmup_steps=args.warmup)
+    trainer = SFTTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer, callbacks=[throughput])
+    if method == "qlora" and not training_args.bf16:  # as notebook 3: keep the adapter float32 outside bf16
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+    counter = CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    tracker = MemoryTracker(hardware.device_type)
+    with tracker.phase("train"):
+        output = trainer.train()
+    peak = tracker.results["train"]
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    speed = throughput.summary()
+    return {
+        "method": method,
+        "knobs": knobs,
+        "steps": trainer.state.global_step,
+        "examples": len(train),
+        "real_tokens": counter.real,
+        "padding_share": 1 - counter.real / counter.computed,
+        "tokens_per_second": speed["tokens_per_second"],
+        "train_seconds": speed["train_seconds"],
+        "peak_memory": {
+            "measured": peak["measured"],
+            "peak_bytes": peak["peak_bytes"],
+            **({"peak_reserved_bytes": peak["peak_reserved_bytes"]} if "peak_reserved_bytes" in peak else {}),
+        },
+        "train_loss": output.training_loss,
+        "last_losses": losses[-5:],
+        "eval_loss": eval_loss(model, tokenizer, dataset["validation"])["eval_loss"],
+        "gpu": torch.cuda.get_device_name(0) if hardware.device_type == "cuda" else None,
+    }
+
+
+
+
+def row_process(method: str, knobs: dict, args: argparse.Namespace, result_file: Path, log_file: Path) -> None:
+    """Run one row in this (forked) process, its output to log_file and its result to result_file."""
+    with open(log_file, "w") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        result = run_row(method, knobs, args)
+    result_file.write_text(json.dumps(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="tiny", help="tiny, llama-3.2-1b-random or llama-3.2-1b")
+    parser.add_argument("--methods", default="full,lora,qlora")
+    parser.add_argument("--rows", choices=["cpu", "gpu", "smoke"], default="cpu", help="gpu adds 8-bit AdamW, Liger, compile")
+    parser.add_argument("--smoke", action="store_true", help="two LoRA rows, a few steps (same as --rows smoke --steps 4)")
+    parser.add_argument("--steps", type=int, default=24, help="optimizer steps per row")
+    parser.add_argument("--warmup", type=int, default=4, help="steps left out of tokens per second")
+    parser.add_argument("--eval-examples", type=int, default=64)
+    parser.add_argument("--long", action="store_true", help="chain conversations up to --max-length tokens")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmark.json")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.rows, args.steps, args.warmup, args.eval_examples = "smoke", 4, 1, 8
+
+    import torch
+
+    from helpers.hardware import detect_hardware, package_versions
+    from helpers.results import write_json_atomic
+
+    rows = plan(args.rows, args.methods.split(","))
+    # A row's process is forked from this one on a CPU, so it starts with the libraries imported (a fresh one takes
+    # 12 s here). CUDA cannot be used in a process forked after CUDA was initialised (detect_hardware does), so GPU
+    # rows start fresh processes.
+    start_method = "spawn" if torch.cuda.is_available() else "fork"
+    hardware = detect_hardware()
+    print(f"{len(rows)} rows, {args.steps} steps each, profile {args.profile}, on {hardware.describe()}", flush=True)
+    import peft  # noqa: F401  imported before forking (peft alone takes 10 s to import here)
+    import train  # noqa: F401
+    import trl  # noqa: F401
+
+    results, started = [], time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        for i, (method, name, knobs) in enumerate(rows, 1):
+            result_file, log_file = Path(scratch) / f"row{i}.json", Path(scratch) / f"row{i}.log"
+            row_start = time.perf_counter()
+            process = multiprocessing.get_context(start_method).Process(
+                target=row_process, args=(method, knobs, args, result_file, log_file)
+            )
+            process.start()
+            process.join()
+            if process.exitcode or not result_file.exists():
+                tail = "\n".join(log_file.read_text(errors="replace").strip().splitlines()[-15:])
+                print(f"[{i}/{len(rows)}] {method:<5} {name}: FAILED\n{tail}", flush=True)
+                results.append({"method": method, "row": name, "knobs": knobs, "error": tail[-2000:]})
+                continue
+            row = {"row": name, **json.loads(result_file.read_text())}
+            results.append(row)
+            print(
+                f"[{i}/{len(rows)}] {method:<5} {name:<42} {row['tokens_per_second']:8.0f} tok/s  "
+                f"padding {row['padding_share']:5.1%}  peak {row['peak_memory']['peak_bytes'] / 2**20:7.0f} MiB  "
+                f"eval loss {row['eval_loss']:.3f}  ({time.perf_counter() - row_start:.0f} s)",
+                flush=True,
+            )
+    run = {
+        "profile": args.profile,
+        "hardware": hardware.describe(),
+        "precision": hardware.precision.name,
+        "versions": package_versions(),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "command": " ".join(["python scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
+        "naive": NAIVE,
+        "course": COURSE,
+        "rows": results,
+        "seconds": time.perf_counter() - started,
+    }
+    where = results[0].get("gpu") if results and results[0].get("gpu") else "cpu"
+    key = f"{args.profile} on {where}" + (" (smoke)" if args.rows == "smoke" else "")
+    runs = json.loads(args.out.read_text())["runs"] if args.out.exists() else {}
+    runs[key] = run  # a new run replaces the one from the same profile and device
+    write_json_atomic(args.out, {"runs": runs})
+    print(f"{len(results)} rows in {run['seconds']:.0f} s -> {args.out} ({key!r})")
+    return 1 if any("error" in row for row in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
