@@ -54,7 +54,6 @@ CPU_ROWS = {
         ("no gradient checkpointing", {"gradient_checkpointing": False}),
         ("+ transformers' group_by_length", {"gradient_checkpointing": False, "sampling": "group_by_length"}),
         ("course", COURSE),
-        ("course, padding-free instead of grouping", {**COURSE, "sampling": "random", "padding_free": True}),
     ],
     "lora": [
         ("naive", {}),
@@ -64,7 +63,6 @@ CPU_ROWS = {
         ("+ transformers' group_by_length", {**COURSE, "sampling": "group_by_length"}),
         ("course", COURSE),
         ("course, padding-free instead of grouping", {**COURSE, "sampling": "random", "padding_free": True}),
-        ("course, eager attention", {**COURSE, "attention": "eager"}),
     ],
     "qlora": [
         ("naive", {}),
@@ -74,16 +72,30 @@ CPU_ROWS = {
         ("course", COURSE),
     ],
 }
-GPU_EXTRA = [  # rows only a GPU can run or gains from
-    ("course, 8-bit AdamW", {**COURSE, "optim": "adamw_bnb_8bit"}),
-    ("course, paged 8-bit AdamW", {**COURSE, "optim": "paged_adamw_8bit"}),
-    ("course, Liger kernels", {**COURSE, "liger": True}),
-    ("course, torch.compile", {**COURSE, "torch_compile": True}),
-]
-UNSLOTH_ROWS = [  # QLoRA at the settings of Unsloth's Llama 3.2 1B notebook: r=16 all-linear, batch 1 x 8, checkpointing
-    ("unsloth settings", {**COURSE, "gradient_checkpointing": True, "batch": 1, "accumulation": 8}),
-    ("unsloth settings + Liger", {**COURSE, "gradient_checkpointing": True, "batch": 1, "accumulation": 8, "liger": True}),
-]
+GPU_ROWS = {  # fewer rows than on a CPU (a lent GPU gives minutes), plus what only a GPU runs or gains from
+    "full": [
+        ("naive", {}),
+        ("no gradient checkpointing", {"gradient_checkpointing": False}),
+        ("course", COURSE),
+        ("course, 8-bit AdamW", {**COURSE, "optim": "adamw_bnb_8bit"}),
+    ],
+    "lora": [
+        ("naive", {}),
+        ("naive, seed 43", {"seed": 43}),
+        ("no gradient checkpointing", {"gradient_checkpointing": False}),
+        ("+ lora_dropout 0", {"gradient_checkpointing": False, "lora_dropout": 0.0}),
+        ("course", COURSE),
+        ("course, padding-free instead of grouping", {**COURSE, "sampling": "random", "padding_free": True}),
+        ("course, Liger kernels", {**COURSE, "liger": True}),
+    ],
+    "qlora": [
+        ("naive", {}),
+        ("course", {**COURSE, "optim": "paged_adamw_8bit"}),  # notebook 3's optimizer on a GPU
+        # Unsloth's Llama 3.2 1B notebook: r=16 on all linear layers, batch 1 x 8, gradient checkpointing
+        ("unsloth settings", {**COURSE, "gradient_checkpointing": True, "batch": 1, "accumulation": 8}),
+        ("unsloth settings + Liger", {**COURSE, "gradient_checkpointing": True, "batch": 1, "accumulation": 8, "liger": True}),
+    ],
+}
 SMOKE_ROWS = [("lora", "naive", {}), ("lora", "course", COURSE)]
 
 
@@ -91,15 +103,8 @@ def plan(rows: str, methods: list[str]) -> list[tuple[str, str, dict]]:
     """The rows to run: (method, row name, knobs), knobs complete."""
     if rows == "smoke":
         return [(m, name, {**NAIVE, **knobs}) for m, name, knobs in SMOKE_ROWS]
-    planned = []
-    for method in methods:
-        for name, knobs in CPU_ROWS[method]:
-            planned.append((method, name, {**NAIVE, **knobs}))
-        if rows == "gpu":
-            planned += [(method, name, {**NAIVE, **knobs}) for name, knobs in GPU_EXTRA]
-            if method == "qlora":
-                planned += [(method, name, {**NAIVE, **knobs}) for name, knobs in UNSLOTH_ROWS]
-    return planned
+    table = GPU_ROWS if rows == "gpu" else CPU_ROWS
+    return [(method, name, {**NAIVE, **knobs}) for method in methods for name, knobs in table[method]]
 
 
 def long_conversations(dataset, tokenizer, rows: int, max_length: int, seed: int):
@@ -144,11 +149,24 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     from train import LEARNING_RATES, load_model
     from trl import SFTConfig, SFTTrainer
 
-    from helpers.data import batches_of_similar_length, check_lengths, load_support, to_conversational
+    from helpers.data import (
+        batches_of_similar_length,
+        check_lengths,
+        load_support,
+        to_conversational,
+        token_lengths,
+    )
     from helpers.evaluate import eval_loss
+    from helpers.fit import method_estimate
     from helpers.hardware import detect_hardware
     from helpers.memory import MemoryTracker
-    from helpers.models import CHAT_TEMPLATE_KWARGS, choose_model, load_tokenizer, resolve_profile
+    from helpers.models import (
+        CHAT_TEMPLATE_KWARGS,
+        LLAMA_3_2_1B,
+        choose_model,
+        load_tokenizer,
+        resolve_profile,
+    )
     from helpers.speed import ThroughputCallback
 
     hardware = detect_hardware()
@@ -213,6 +231,13 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     with tracker.phase("train"):
         output = trainer.train()
     peak = tracker.results["train"]
+    estimate = None
+    if profile != "tiny":  # notebook 1's estimate (weights, gradients, optimizer states, activations) for these shapes
+        estimate_of = "full, 8-bit" if method == "full" and "8bit" in knobs["optim"] else method
+        estimate = method_estimate(
+            LLAMA_3_2_1B, estimate_of, seq_len=max(token_lengths(train, tokenizer)), batch_size=knobs["batch"],
+            bf16=precision.bf16, gradient_checkpointing=knobs["gradient_checkpointing"],
+        )
     model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     speed = throughput.summary()
@@ -230,6 +255,8 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
             "peak_bytes": peak["peak_bytes"],
             **({"peak_reserved_bytes": peak["peak_reserved_bytes"]} if "peak_reserved_bytes" in peak else {}),
         },
+        "estimate": estimate,
+        "longest_example": max(token_lengths(train, tokenizer)),
         "train_loss": output.training_loss,
         "last_losses": losses[-5:],
         "eval_loss": eval_loss(model, tokenizer, dataset["validation"])["eval_loss"],
@@ -248,13 +275,34 @@ def row_process(method: str, knobs: dict, args: argparse.Namespace, result_file:
     result_file.write_text(json.dumps(result))
 
 
+def in_process_row(method: str, knobs: dict, args: argparse.Namespace, result_file: Path, log_file: Path) -> int:
+    """Run one row in this process (CUDA): 0 when it worked, 1 with the traceback in log_file when it failed."""
+    import gc
+    import traceback
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    try:
+        result_file.write_text(json.dumps(run_row(method, knobs, args)))
+        return 0
+    except Exception:  # an out-of-memory or a missing package fails the row, not the benchmark
+        log_file.write_text(traceback.format_exc())
+        return 1
+    finally:
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="tiny", help="tiny, llama-3.2-1b-random or llama-3.2-1b")
     parser.add_argument("--methods", default="full,lora,qlora")
-    parser.add_argument("--rows", choices=["cpu", "gpu", "smoke"], default="cpu", help="gpu adds 8-bit AdamW, Liger, compile")
+    parser.add_argument("--rows", choices=["cpu", "gpu", "smoke"], default="cpu", help="gpu: fewer rows, 8-bit AdamW, Liger")
+    parser.add_argument("--budget-s", type=float, default=None, help="start no row after this many seconds")
     parser.add_argument("--smoke", action="store_true", help="two LoRA rows, a few steps (same as --rows smoke --steps 4)")
-    parser.add_argument("--steps", type=int, default=24, help="optimizer steps per row")
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per row")
     parser.add_argument("--warmup", type=int, default=4, help="steps left out of tokens per second")
     parser.add_argument("--eval-examples", type=int, default=64)
     parser.add_argument("--long", action="store_true", help="chain conversations up to --max-length tokens")
@@ -270,10 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     from helpers.results import write_json_atomic
 
     rows = plan(args.rows, args.methods.split(","))
-    # A row's process is forked from this one on a CPU, so it starts with the libraries imported (a fresh one takes
-    # 12 s here). CUDA cannot be used in a process forked after CUDA was initialised (detect_hardware does), so GPU
-    # rows start fresh processes.
-    start_method = "spawn" if torch.cuda.is_available() else "fork"
+    # On a CPU each row runs in a process forked from this one, so that its peak RSS is its own, and it starts with the
+    # libraries imported (a fresh process takes 12 s here). On CUDA the rows share this process: the allocator's peak
+    # counters are reset for each row, and its cache emptied.
+    cuda = torch.cuda.is_available()
     hardware = detect_hardware()
     print(f"{len(rows)} rows, {args.steps} steps each, profile {args.profile}, on {hardware.describe()}", flush=True)
     import peft  # noqa: F401  imported before forking (peft alone takes 10 s to import here)
@@ -285,12 +333,20 @@ def main(argv: list[str] | None = None) -> int:
         for i, (method, name, knobs) in enumerate(rows, 1):
             result_file, log_file = Path(scratch) / f"row{i}.json", Path(scratch) / f"row{i}.log"
             row_start = time.perf_counter()
-            process = multiprocessing.get_context(start_method).Process(
-                target=row_process, args=(method, knobs, args, result_file, log_file)
-            )
-            process.start()
-            process.join()
-            if process.exitcode or not result_file.exists():
+            if args.budget_s is not None and row_start - started > args.budget_s:
+                print(f"[{i}/{len(rows)}] {method:<5} {name}: skipped (--budget-s {args.budget_s:.0f} spent)", flush=True)
+                results.append({"method": method, "row": name, "knobs": knobs, "error": "skipped: time budget spent"})
+                continue
+            if cuda:  # one process; the allocator's peaks are reset for each row
+                exitcode = in_process_row(method, knobs, args, result_file, log_file)
+            else:
+                process = multiprocessing.get_context("fork").Process(
+                    target=row_process, args=(method, knobs, args, result_file, log_file)
+                )
+                process.start()
+                process.join()
+                exitcode = process.exitcode
+            if exitcode or not result_file.exists():
                 tail = "\n".join(log_file.read_text(errors="replace").strip().splitlines()[-15:])
                 print(f"[{i}/{len(rows)}] {method:<5} {name}: FAILED\n{tail}", flush=True)
                 results.append({"method": method, "row": name, "knobs": knobs, "error": tail[-2000:]})
