@@ -295,6 +295,44 @@ def in_process_row(method: str, knobs: dict, args: argparse.Namespace, result_fi
         torch.cuda.empty_cache()
 
 
+def without_out(argv: list[str]) -> list[str]:
+    """The command-line arguments without --out and its folder (a machine path: the run is recorded, not where)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            kept.append(arg)
+    return kept
+
+
+def write_run(args: argparse.Namespace, argv: list[str] | None, hardware, rows: list[dict], seconds: float) -> dict:
+    """Put this run's rows into the results file, replacing an earlier run of the same profile on the same device."""
+    from helpers.hardware import package_versions
+    from helpers.results import write_json_atomic
+
+    run = {
+        "profile": args.profile,
+        "hardware": hardware.describe(),
+        "precision": hardware.precision.name,
+        "versions": package_versions(),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "command": " ".join(["python scripts/benchmark.py", *without_out(argv if argv is not None else sys.argv[1:])]),
+        "naive": NAIVE,
+        "course": COURSE,
+        "rows": rows,
+        "seconds": seconds,
+    }
+    where = hardware.name if hardware.device_type == "cuda" else "cpu"
+    key = f"{args.profile} on {where}" + (" (smoke)" if args.rows == "smoke" else "")
+    runs = json.loads(args.out.read_text())["runs"] if args.out.exists() else {}
+    runs[key] = run
+    write_json_atomic(args.out, {"runs": runs})
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="tiny", help="tiny, llama-3.2-1b-random or llama-3.2-1b")
@@ -314,8 +352,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from helpers.hardware import detect_hardware, package_versions
-    from helpers.results import write_json_atomic
+    from helpers.hardware import detect_hardware
 
     rows = plan(args.rows, args.methods.split(","))
     # On a CPU each row runs in a process forked from this one, so that its peak RSS is its own, and it starts with the
@@ -353,30 +390,15 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             row = {"row": name, **json.loads(result_file.read_text())}
             results.append(row)
+            write_run(args, argv, hardware, results, time.perf_counter() - started)  # a run cut short keeps its rows
             print(
                 f"[{i}/{len(rows)}] {method:<5} {name:<42} {row['tokens_per_second']:8.0f} tok/s  "
                 f"padding {row['padding_share']:5.1%}  peak {row['peak_memory']['peak_bytes'] / 2**20:7.0f} MiB  "
                 f"eval loss {row['eval_loss']:.3f}  ({time.perf_counter() - row_start:.0f} s)",
                 flush=True,
             )
-    run = {
-        "profile": args.profile,
-        "hardware": hardware.describe(),
-        "precision": hardware.precision.name,
-        "versions": package_versions(),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "command": " ".join(["python scripts/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
-        "naive": NAIVE,
-        "course": COURSE,
-        "rows": results,
-        "seconds": time.perf_counter() - started,
-    }
-    where = results[0].get("gpu") if results and results[0].get("gpu") else "cpu"
-    key = f"{args.profile} on {where}" + (" (smoke)" if args.rows == "smoke" else "")
-    runs = json.loads(args.out.read_text())["runs"] if args.out.exists() else {}
-    runs[key] = run  # a new run replaces the one from the same profile and device
-    write_json_atomic(args.out, {"runs": runs})
-    print(f"{len(results)} rows in {run['seconds']:.0f} s -> {args.out} ({key!r})")
+    run = write_run(args, argv, hardware, results, time.perf_counter() - started)
+    print(f"{len(results)} rows in {run['seconds']:.0f} s -> {args.out}")
     return 1 if any("error" in row for row in results) else 0
 
 

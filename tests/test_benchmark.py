@@ -1,0 +1,106 @@
+"""The benchmark (scripts/benchmark.py) and the batching it measures: similar-length batches, padding-free batches."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from helpers.compare import benchmark_findings, benchmark_rows
+from helpers.data import (
+    batches_of_similar_length,
+    load_support,
+    padding_share,
+    to_conversational,
+    token_lengths,
+)
+from helpers.evaluate import tokenize_with_mask
+from helpers.models import CHAT_TEMPLATE_KWARGS, load_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "models" / "tiny-llama-support")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(TINY)
+
+
+@pytest.fixture(scope="module")
+def train_split():
+    return to_conversational(load_support({"train": 400}), chat_template_kwargs=CHAT_TEMPLATE_KWARGS)["train"]
+
+
+def test_similar_length_batches_keep_the_examples_and_cut_padding(train_split, tokenizer):
+    grouped = batches_of_similar_length(train_split, tokenizer, batch_size=8, seed=42)
+    assert sorted(grouped["id"]) == sorted(train_split["id"])  # the same examples, each once
+    before = padding_share(token_lengths(train_split, tokenizer), 8)
+    after = padding_share(token_lengths(grouped, tokenizer), 8)
+    assert before > 0.10 and after < 0.05, (before, after)
+    # the batches come in random order, not longest-first as in transformers' group_by_length
+    longest = [max(token_lengths(grouped.select(range(i, i + 8)), tokenizer)) for i in range(0, 400, 8)]
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
+    assert grouped["id"] == batches_of_similar_length(train_split, tokenizer, batch_size=8, seed=42)["id"]
+
+
+def test_padding_free_batch_gives_each_example_the_loss_of_a_padded_batch(train_split, tokenizer):
+    """Examples end to end with restarting position ids attend only within themselves (no cross-contamination)."""
+    model = AutoModelForCausalLM.from_pretrained(TINY, dtype=torch.float32, attn_implementation="sdpa").eval()
+    examples = [tokenize_with_mask(tokenizer, train_split[i]) for i in range(4)]
+    lengths = [len(ids) for ids, _ in examples]
+    assert len(set(lengths)) > 1  # mixed lengths, or the test proves nothing
+    longest, pad = max(lengths), tokenizer.pad_token_id
+    padded = torch.tensor([ids + [pad] * (longest - len(ids)) for ids, _ in examples])
+    mask = torch.tensor([[1] * n + [0] * (longest - n) for n in lengths])
+    flat = torch.tensor([sum((ids for ids, _ in examples), [])])
+    positions = torch.tensor([sum((list(range(n)) for n in lengths), [])])
+    with torch.no_grad():
+        padded_logits = model(input_ids=padded, attention_mask=mask).logits
+        # use_cache=False as TRL's SFTTrainer passes in training: with a cache, transformers does not look for packing
+        flat_logits = model(input_ids=flat, position_ids=positions, use_cache=False).logits[0]
+    start = 0
+    for row, n in enumerate(lengths):
+        torch.testing.assert_close(flat_logits[start : start + n], padded_logits[row, :n], atol=1e-4, rtol=1e-4)
+        start += n
+    # and without the position ids, later examples would see earlier ones: the check above can fail
+    with torch.no_grad():
+        leaky = model(input_ids=flat, use_cache=False).logits[0]
+    assert not torch.allclose(leaky[lengths[0] : lengths[0] + lengths[1]], padded_logits[1, : lengths[1]], atol=1e-3)
+
+
+def test_benchmark_smoke_writes_rows_and_keeps_other_runs(tmp_path):
+    out = tmp_path / "benchmark.json"
+    out.write_text(json.dumps({"runs": {"llama-3.2-1b-random on Some GPU": {"rows": []}}}))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--smoke", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert set(runs) == {"llama-3.2-1b-random on Some GPU", "tiny on cpu (smoke)"}
+    run = runs["tiny on cpu (smoke)"]
+    naive, course = run["rows"]
+    assert (naive["row"], course["row"]) == ("naive", "course")
+    assert naive["knobs"]["gradient_checkpointing"] and not course["knobs"]["gradient_checkpointing"]
+    assert naive["real_tokens"] == course["real_tokens"]  # the same examples, whatever the batching
+    assert course["padding_share"] < naive["padding_share"]
+    for row in (naive, course):
+        assert row["tokens_per_second"] > 0 and row["peak_memory"]["peak_bytes"] > 0
+        assert 0 < row["eval_loss"] < 20
+    table = benchmark_rows(run)
+    assert [r["x naive"] for r in table][0] == "1.00x"
+    assert benchmark_findings(run)[0].startswith("lora: course ")
+
+
+def test_benchmark_table_reports_a_failed_row():
+    ok = {"method": "lora", "row": "naive", "tokens_per_second": 100.0, "padding_share": 0.1, "train_loss": 1.0,
+          "eval_loss": 1.0, "peak_memory": {"peak_bytes": 2**20}}
+    run = {"rows": [ok, {"method": "lora", "row": "course", "knobs": {}, "error": "Traceback\nOutOfMemoryError: CUDA"}]}
+    rows = benchmark_rows(run)
+    assert rows[1]["tokens/s"] == "failed: OutOfMemoryError: CUDA"
+    assert benchmark_findings(run) == []  # no course row measured: no claim
