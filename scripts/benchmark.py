@@ -398,8 +398,14 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     run = write_run(args, argv, hardware, results, time.perf_counter() - started)
-    print(f"{len(results)} rows in {run['seconds']:.0f} s -> {args.out}")
-    return 1 if any("error" in row for row in results) else 0
+    print(f"{len(results)} rows in {run['seconds']:.0f} s -> {args.out}", flush=True)
+    code = 1 if any("error" in row for row in results) else 0
+    if cuda and argv is None:
+        # On the H200 the interpreter then hung at exit (a thread left behind by one of the GPU rows' libraries) until
+        # `timeout` killed it. Everything is written by now, so leave without waiting for it.
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
