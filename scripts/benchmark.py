@@ -154,7 +154,6 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
         check_lengths,
         load_support,
         to_conversational,
-        token_lengths,
     )
     from helpers.evaluate import eval_loss
     from helpers.fit import method_estimate
@@ -181,7 +180,7 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     train = dataset["train"]
     if args.long:
         train = long_conversations(train, tokenizer, examples, args.max_length, seed=42)  # the same for every row
-    check_lengths(train, tokenizer, args.max_length)
+    longest = check_lengths(train, tokenizer, args.max_length)["max"]  # tokens in the longest example
     sampling = knobs["sampling"]
     if sampling == "similar_length":
         train, sampling = batches_of_similar_length(train, tokenizer, knobs["batch"], knobs["seed"]), "sequential"
@@ -235,7 +234,7 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     if profile != "tiny":  # notebook 1's estimate (weights, gradients, optimizer states, activations) for these shapes
         estimate_of = "full, 8-bit" if method == "full" and "8bit" in knobs["optim"] else method
         estimate = method_estimate(
-            LLAMA_3_2_1B, estimate_of, seq_len=max(token_lengths(train, tokenizer)), batch_size=knobs["batch"],
+            LLAMA_3_2_1B, estimate_of, seq_len=longest, batch_size=knobs["batch"],
             bf16=precision.bf16, gradient_checkpointing=knobs["gradient_checkpointing"],
         )
     model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
@@ -256,7 +255,7 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
             **({"peak_reserved_bytes": peak["peak_reserved_bytes"]} if "peak_reserved_bytes" in peak else {}),
         },
         "estimate": estimate,
-        "longest_example": max(token_lengths(train, tokenizer)),
+        "longest_example": longest,
         "train_loss": output.training_loss,
         "last_losses": losses[-5:],
         "eval_loss": eval_loss(model, tokenizer, dataset["validation"])["eval_loss"],
