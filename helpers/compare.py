@@ -94,6 +94,10 @@ def format_rows(rows: dict[str, dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+# performance-anchors.md row 27: Unsloth's Llama 3.2 1B QLoRA notebook (A10G, batch 1 x 8, up to 2,048 tokens)
+UNSLOTH_PEAK_RESERVED = "2.16 GiB on an A10G"
+
+
 def benchmark_rows(run: dict) -> list[dict]:
     """One run of scripts/benchmark.py as table rows: each row's speed against its method's naive row."""
     naive = {r["method"]: r for r in run["rows"] if r["row"] == "naive" and "error" not in r}
@@ -113,6 +117,8 @@ def benchmark_rows(run: dict) -> list[dict]:
                 "padding": f"{r['padding_share']:.1%}",
                 "peak memory": format_bytes(memory["peak_bytes"]),
                 "reserved (CUDA)": format_bytes(memory["peak_reserved_bytes"]) if "peak_reserved_bytes" in memory else "",
+                "estimate": format_bytes(r["estimate"]["total"]) if r.get("estimate") else "",
+                "peak / estimate": f"{memory['peak_bytes'] / r['estimate']['total']:.2f}" if r.get("estimate") else "",
                 "train loss": f"{r['train_loss']:.3f}",
                 "eval loss": f"{r['eval_loss']:.3f}",
             }
@@ -140,4 +146,23 @@ def benchmark_findings(run: dict) -> list[str]:
                 f"eval loss {seed['eval_loss'] - naive['eval_loss']:+.3f}"
             )
         lines.append(line)
+    estimated = [r for r in by_row.values() if r.get("estimate")]
+    if estimated:
+        ratios = [r["peak_memory"]["peak_bytes"] / r["estimate"]["total"] for r in estimated]
+        lines.append(
+            f"memory: measured peaks {min(ratios):.2f}x to {max(ratios):.2f}x notebook 1's estimate over "
+            f"{len(ratios)} rows; naive and course rows: "
+            + ", ".join(
+                f"{r['method']} {r['row']} {r['peak_memory']['peak_bytes'] / r['estimate']['total']:.2f}x"
+                for r in estimated
+                if r["row"] in ("naive", "course")
+            )
+        )
+    for r in by_row.values():
+        if r["row"].startswith("unsloth settings") and "peak_reserved_bytes" in r["peak_memory"]:
+            lines.append(
+                f"{r['method']} at {r['row']}: peak reserved {format_bytes(r['peak_memory']['peak_reserved_bytes'])}, "
+                f"{r['tokens_per_second']:,.0f} tokens/s (Unsloth's Llama 3.2 1B notebook: {UNSLOTH_PEAK_RESERVED}, "
+                "on its own data and kernels)"
+            )
     return lines

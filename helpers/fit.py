@@ -6,7 +6,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from helpers.memory import count_parameters, estimate_training_memory, estimate_weight_bytes
+from helpers.memory import count_parameters, estimate_training_memory, estimate_weight_bytes, shape_of
 from helpers.models import llama_config
 
 # GPU memory roughly as nvidia-smi reports it, in MiB, and whether the GPU computes in bf16 natively.
@@ -52,8 +52,14 @@ def method_estimate(
     bf16: bool = True,
     lora_r: int = 16,
     gradient_checkpointing: bool = True,
+    loss_tokens: int | None = None,
+    upcast: bool = True,
 ) -> dict[str, int]:
-    """Estimated training memory (weights, gradients, optimizer states, activations, total) of one method."""
+    """Estimated training memory (weights, gradients, optimizer states, activations, total) of one method.
+
+    loss_tokens: positions with a label in the largest micro-batch (what TRL's LM head scores on CUDA); None: all.
+    upcast: QLoRA's prepare_model_for_kbit_training casts the embedding and norms to float32 (False: kept 16-bit).
+    """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}.")
     model = meta_model(spec)
@@ -68,7 +74,8 @@ def method_estimate(
     else:  # the adapter stays bf16 as TRL casts it under bf16, and float32 under fp16 (see notebook 3)
         adapter_bytes = 2 if bf16 else 4
         trainable, grad_bytes, optimizer = lora_trainable_params(spec, lora_r), adapter_bytes, "paged_adamw_8bit"
-        weight_bytes = estimate_weight_bytes(model, dtype_bytes=4, quantize_linear=True)["total"] + trainable * adapter_bytes
+        other_bytes = 4 if upcast else 2
+        weight_bytes = estimate_weight_bytes(model, dtype_bytes=other_bytes, quantize_linear=True)["total"] + trainable * adapter_bytes
     c = model.config
     return estimate_training_memory(
         total_params=total,
@@ -78,12 +85,10 @@ def method_estimate(
         optimizer=optimizer,
         batch_size=batch_size,
         seq_len=seq_len,
-        hidden_size=c.hidden_size,
-        num_layers=c.num_hidden_layers,
-        intermediate_size=c.intermediate_size,
-        vocab_size=c.vocab_size,
-        num_heads=c.num_attention_heads,
+        **shape_of(c),
         activation_bytes=2,
+        residual_bytes=4 if method.startswith("full") or (method == "qlora" and upcast) else 2,  # float32 embedding
+        loss_tokens=loss_tokens,
         gradient_checkpointing=gradient_checkpointing,
         autocast_copy_params=copies,
         embedding_params=c.vocab_size * c.hidden_size if method.startswith("full") else 0,  # 32-bit states with 8-bit AdamW

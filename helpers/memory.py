@@ -138,6 +138,9 @@ def estimate_training_memory(
     vocab_size: int,
     num_heads: int,
     activation_bytes: int = 4,
+    residual_bytes: int | None = None,
+    loss_tokens: int | None = None,
+    attention: str = "sdpa",
     gradient_checkpointing: bool = False,
     autocast_copy_params: int = 0,
     embedding_params: int = 0,
@@ -149,38 +152,49 @@ def estimate_training_memory(
     optimizer_states: trainable_params * OPTIMIZER_BYTES_PER_PARAM[optimizer]
                       (PyTorch's adamw: 2 * grad_bytes_per_param, so 8 for float32 weights and 4 for
                       bfloat16 ones; paged_adamw_32bit 8; the 8-bit AdamWs 2; sgd 0).
-    activations:      what autograd keeps for the backward pass, for one micro-batch. Per decoder layer:
-
-                          batch * seq * (10 * hidden + 4 * intermediate + heads * seq) * activation_bytes
-
-                      10 * hidden: two RMSNorms (~3 tensors each: input, float32 copy, output), the
-                      q, k, v projections (3; grouped-query attention makes k and v smaller, so this
-                      is an upper bound) and the attention output (1).
-                      4 * intermediate: the MLP's gate, up, SiLU(gate) and their product.
-                      heads * seq: the attention probabilities of eager attention; the SDPA and
-                      flash-attention kernels do not keep them, so this term is an upper bound too.
-                      Times num_layers, plus the logits:
-
-                          batch * seq * vocab * (activation_bytes + 8)
-
-                      (the logits, their float32 copy for the loss, and the float32 gradient/log-softmax).
-                      With gradient checkpointing only each layer's input is kept
-                      (num_layers * batch * seq * hidden * activation_bytes) and one layer's full
-                      activations are rebuilt at a time during backward.
                       With an 8-bit bitsandbytes optimizer, the Trainer keeps nn.Embedding weights in 32-bit
                       states (8 bytes each): pass their trainable count as embedding_params (measured on an
                       H200: 3.80 GiB of states for Llama 3.2 1B, not the 2.30 GiB of 2 bytes per parameter).
+    activations:      what autograd keeps for the backward pass, for one micro-batch of batch * seq tokens.
+                      Per decoder layer and token:
+
+                          10 * hidden * residual_bytes + 4 * intermediate * activation_bytes
+
+                      10 * hidden: two RMSNorms (input, float32 copy, output), the q, k, v projections (k and v
+                      are smaller with grouped-query attention, so an upper bound) and the attention output, in
+                      the residual stream's dtype: residual_bytes, which is 4 when the embedding is float32 (full
+                      fine-tuning's float32 weights; QLoRA after prepare_model_for_kbit_training) even under
+                      16-bit autocast, and activation_bytes otherwise (the default).
+                      4 * intermediate: the MLP's gate, up, SiLU(gate) and their product, in the compute dtype.
+                      attention="eager" adds num_heads * seq * activation_bytes for the attention probabilities;
+                      SDPA and flash attention keep none.
+                      Times num_layers, plus the language-model head's scores:
+
+                          min(loss_tokens, 32768) * vocab * (activation_bytes + 8)
+
+                      TRL's SFTTrainer projects through the head in tiles of 32,768 positions (a 16-bit tile,
+                      its float32 log-softmax and gradient). On CUDA it scores only positions with a label (pass
+                      their count in the largest micro-batch as loss_tokens); on a CPU it scores every position
+                      (loss_tokens=None, the default: batch * seq).
+                      With gradient checkpointing only each layer's input is kept (num_layers * batch * seq *
+                      hidden * residual_bytes), and during the backward pass of one layer its activations are
+                      rebuilt and their gradients made: twice one layer's activations.
+                      Measured against this on an H200 (Llama 3.2 1B shapes, batch 8 x up to 2,047 tokens,
+                      results/benchmark.json): peaks 0.83-1.21x the estimate for full fine-tuning, LoRA and QLoRA.
     autocast_copies:  with float32 weights under bf16/fp16 autocast, the 16-bit copy autocast makes of each
                       weight for its matmul, kept until backward: autocast_copy_params * 2 (pass the number
                       of float32 weights that feed matmuls; 0, the default, leaves this part out).
     total_on_gpu:     paged optimizers only: the total without their states, which bitsandbytes keeps in managed
                       memory that the GPU pages out to CPU memory under pressure (fit_verdict decides on it).
-    Not counted: the CUDA context (~0.3-0.5 GiB), allocator fragmentation, LoRA's small extra
-    activations, temporary buffers inside kernels. Expect measured peaks to be somewhat higher.
+    Not counted: the CUDA context (~0.3-0.5 GiB), allocator fragmentation (reserved above allocated), LoRA
+    dropout's masks, kernels' workspaces and temporary buffers (about 0.8 GiB more than this at batch 1 x 2,047
+    tokens on the H200, where they are a large share).
     """
     optimizer = getattr(optimizer, "value", optimizer)  # accept TrainingArguments.optim (an enum) too
     if optimizer not in OPTIMIZER_BYTES_PER_PARAM:
         raise ValueError(f"Unknown optimizer {optimizer!r}: use one of {sorted(OPTIMIZER_BYTES_PER_PARAM)}.")
+    if attention not in ("sdpa", "eager", "flash_attention_2"):
+        raise ValueError(f"Unknown attention {attention!r}: use 'sdpa', 'eager' or 'flash_attention_2'.")
     if trainable_params > total_params:
         raise ValueError(
             f"trainable_params ({trainable_params:,}) is larger than total_params ({total_params:,}). "
@@ -193,12 +207,17 @@ def estimate_training_memory(
     embedding_states = 0
     if "8bit" in optimizer:  # the Trainer registers nn.Embedding weights for 32-bit states
         embedding_states = embedding_params * (8 - state_bytes)
+    residual_bytes = residual_bytes or activation_bytes
     tokens = batch_size * seq_len
-    per_layer = tokens * (10 * hidden_size + 4 * intermediate_size + num_heads * seq_len) * activation_bytes
-    logits = tokens * vocab_size * (activation_bytes + 8)
+    per_token = 10 * hidden_size * residual_bytes + 4 * intermediate_size * activation_bytes
+    if attention == "eager":
+        per_token += num_heads * seq_len * activation_bytes
+    per_layer = tokens * per_token
+    scored = min(tokens if loss_tokens is None else loss_tokens, 32768)
+    logits = scored * vocab_size * (activation_bytes + 8)
     if gradient_checkpointing:
-        layer_inputs = num_layers * tokens * hidden_size * activation_bytes
-        activations = layer_inputs + per_layer + logits
+        layer_inputs = num_layers * tokens * hidden_size * residual_bytes
+        activations = layer_inputs + 2 * per_layer + logits
     else:
         activations = num_layers * per_layer + logits
 
@@ -214,6 +233,49 @@ def estimate_training_memory(
     if optimizer.startswith("paged_"):  # bitsandbytes keeps these in managed memory, paged out to the CPU when short
         estimate["total_on_gpu"] = estimate["total"] - estimate["optimizer_states"]
     return estimate
+
+
+def shape_of(config) -> dict[str, int]:
+    """The shape arguments of estimate_training_memory, read from a transformers model config."""
+    return {
+        "hidden_size": config.hidden_size,
+        "num_layers": config.num_hidden_layers,
+        "intermediate_size": config.intermediate_size,
+        "vocab_size": config.vocab_size,
+        "num_heads": config.num_attention_heads,
+    }
+
+
+def estimate_for_model(
+    model: torch.nn.Module,
+    *,
+    batch_size: int,
+    seq_len: int,
+    optimizer: str = "adamw",
+    compute_bytes: int = 4,
+    loss_tokens: int | None = None,
+    gradient_checkpointing: bool = False,
+) -> dict[str, int]:
+    """estimate_training_memory for a loaded model: its shapes, parameter counts and dtypes read from the model."""
+    cfg = model.config
+    trainable, total = count_parameters(model)
+    params = _unique_tensors(p for _, p in model.named_parameters(remove_duplicate=False))
+    attention = getattr(cfg, "_attn_implementation", None)
+    return estimate_training_memory(
+        total_params=total,
+        trainable_params=trainable,
+        weight_bytes=sum(bytes_by_dtype(model).values()),
+        grad_bytes_per_param=next((p.element_size() for p in params if p.requires_grad), 4),
+        optimizer=optimizer,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        **shape_of(cfg),
+        activation_bytes=compute_bytes,
+        residual_bytes=model.get_input_embeddings().weight.element_size(),  # the residual stream's dtype
+        loss_tokens=loss_tokens,
+        attention="eager" if attention == "eager" else "sdpa",
+        gradient_checkpointing=gradient_checkpointing,
+    )
 
 
 def estimate_weight_bytes(

@@ -21,6 +21,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -42,9 +43,13 @@ NAIVE = {  # TRL's SFTConfig defaults and PEFT's usual LoraConfig
     "liger": False,
     "batch": 8,
     "accumulation": 1,
+    "upcast": True,  # QLoRA: prepare_model_for_kbit_training casts the embedding and norms to float32
     "seed": 42,  # data order, initialisation; "naive, seed 43" shows how much a row moves from the seed alone
 }
 COURSE = {**NAIVE, "gradient_checkpointing": False, "lora_dropout": 0.0, "sampling": "similar_length"}
+
+# Unsloth's Llama 3.2 1B notebook: r=16 on all linear layers, batch 1 x 8, gradient checkpointing
+UNSLOTH = {**COURSE, "gradient_checkpointing": True, "batch": 1, "accumulation": 8}
 
 # (row name, what changes from the row before or from "course")
 CPU_ROWS = {
@@ -90,10 +95,13 @@ GPU_ROWS = {  # fewer rows than on a CPU (a lent GPU gives minutes), plus what o
     ],
     "qlora": [
         ("naive", {}),
+        ("naive, seed 43", {"seed": 43}),
         ("course", {**COURSE, "optim": "paged_adamw_8bit"}),  # notebook 3's optimizer on a GPU
-        # Unsloth's Llama 3.2 1B notebook: r=16 on all linear layers, batch 1 x 8, gradient checkpointing
-        ("unsloth settings", {**COURSE, "gradient_checkpointing": True, "batch": 1, "accumulation": 8}),
-        ("unsloth settings + Liger", {**COURSE, "gradient_checkpointing": True, "batch": 1, "accumulation": 8, "liger": True}),
+        # without prepare_model_for_kbit_training's float32 embedding and norms (2x faster at Unsloth's settings)
+        ("course, embedding and norms in bf16", {**COURSE, "optim": "paged_adamw_8bit", "upcast": False}),
+        ("unsloth settings", UNSLOTH),
+        ("unsloth settings, embedding and norms in bf16", {**UNSLOTH, "upcast": False}),  # as Unsloth keeps them
+        ("unsloth settings + Liger", {**UNSLOTH, "liger": True}),
     ],
 }
 SMOKE_ROWS = [("lora", "naive", {}), ("lora", "course", COURSE)]
@@ -134,12 +142,17 @@ class CountingCollator:
         self.collator = collator
         self.real = 0
         self.computed = 0
+        self.largest_batch = 0  # positions in the largest batch (what sizes the activations)
+        self.most_loss_tokens = 0  # positions with a label in one batch (what sizes the logits TRL computes)
 
     def __call__(self, examples):
         batch = self.collator(examples)
         self.computed += batch["input_ids"].numel()
+        self.largest_batch = max(self.largest_batch, batch["input_ids"].numel())
         mask = batch.get("attention_mask")
         self.real += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        if "labels" in batch:
+            self.most_loss_tokens = max(self.most_loss_tokens, int((batch["labels"] != -100).sum()))
         return batch
 
 
@@ -156,12 +169,10 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
         to_conversational,
     )
     from helpers.evaluate import eval_loss
-    from helpers.fit import method_estimate
     from helpers.hardware import detect_hardware
     from helpers.memory import MemoryTracker
     from helpers.models import (
         CHAT_TEMPLATE_KWARGS,
-        LLAMA_3_2_1B,
         choose_model,
         load_tokenizer,
         resolve_profile,
@@ -188,7 +199,7 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     device = 0 if hardware.device_type == "cuda" else "cpu"
     model = load_model(
         method, choice.path, precision.torch_dtype, device, knobs["seed"],
-        lora_dropout=knobs["lora_dropout"], attention=knobs["attention"],
+        lora_dropout=knobs["lora_dropout"], attention=knobs["attention"], upcast=knobs["upcast"],
     )
     if knobs["gradient_checkpointing"] and method != "full":
         model.enable_input_require_grads()  # checkpointed LoRA layers need a gradient path from the inputs
@@ -230,17 +241,10 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     with tracker.phase("train"):
         output = trainer.train()
     peak = tracker.results["train"]
-    estimate = None
-    if profile != "tiny":  # notebook 1's estimate (weights, gradients, optimizer states, activations) for these shapes
-        estimate_of = "full, 8-bit" if method == "full" and "8bit" in knobs["optim"] else method
-        estimate = method_estimate(
-            LLAMA_3_2_1B, estimate_of, seq_len=longest, batch_size=knobs["batch"],
-            bf16=precision.bf16, gradient_checkpointing=knobs["gradient_checkpointing"],
-        )
     model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     speed = throughput.summary()
-    return {
+    row = {
         "method": method,
         "knobs": knobs,
         "steps": trainer.state.global_step,
@@ -254,13 +258,34 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
             "peak_bytes": peak["peak_bytes"],
             **({"peak_reserved_bytes": peak["peak_reserved_bytes"]} if "peak_reserved_bytes" in peak else {}),
         },
-        "estimate": estimate,
         "longest_example": longest,
+        "largest_batch_tokens": counter.largest_batch,
+        "most_loss_tokens": counter.most_loss_tokens,
         "train_loss": output.training_loss,
         "last_losses": losses[-5:],
         "eval_loss": eval_loss(model, tokenizer, dataset["validation"])["eval_loss"],
         "gpu": torch.cuda.get_device_name(0) if hardware.device_type == "cuda" else None,
     }
+    return {**row, "estimate": row_estimate(row, precision.bf16) if profile != "tiny" else None}
+
+
+def row_estimate(row: dict, bf16: bool) -> dict[str, int]:
+    """Notebook 1's estimate (weights, gradients, optimizer states, activations) for a row's method and shapes."""
+    from helpers.fit import method_estimate
+    from helpers.models import LLAMA_3_2_1B
+
+    knobs = row["knobs"]
+    on_cuda = row["gpu"] is not None  # TRL's LM head scores only the positions with a label on CUDA, all on a CPU
+    return method_estimate(
+        LLAMA_3_2_1B,
+        "full, 8-bit" if row["method"] == "full" and "8bit" in knobs["optim"] else row["method"],
+        seq_len=row["largest_batch_tokens"] // knobs["batch"],
+        batch_size=knobs["batch"],
+        bf16=bf16,
+        gradient_checkpointing=knobs["gradient_checkpointing"],
+        loss_tokens=row["most_loss_tokens"] if on_cuda else None,
+        upcast=knobs.get("upcast", True),
+    )
 
 
 
@@ -307,7 +332,29 @@ def without_out(argv: list[str]) -> list[str]:
     return kept
 
 
-def write_run(args: argparse.Namespace, argv: list[str] | None, hardware, rows: list[dict], seconds: float) -> dict:
+def reestimate(out: Path) -> int:
+    """Recompute the memory estimate of every measured row in the results file with the current estimator."""
+    from helpers.results import write_json_atomic
+
+    runs = json.loads(out.read_text())["runs"]
+    for key, run in runs.items():
+        rows = [row for row in run["rows"] if "error" not in row and run["profile"] != "tiny"]
+        for row in rows:
+            row["estimate"] = row_estimate(row, run["precision"] == "bf16")
+        print(f"{key}: {len(rows)} estimates recomputed")
+    write_json_atomic(out, {"runs": runs})
+    return 0
+
+
+def run_key(args: argparse.Namespace, hardware) -> str:
+    """Where a run goes in the results file: its profile and device (a new run replaces the one there)."""
+    where = hardware.name if hardware.device_type == "cuda" else "cpu"
+    return f"{args.profile} on {where}" + (" (smoke)" if args.rows == "smoke" else "")
+
+
+def write_run(
+    args: argparse.Namespace, argv: list[str] | None, hardware, rows: list[dict], seconds: float, earlier: dict | None
+) -> dict:
     """Put this run's rows into the results file, replacing an earlier run of the same profile on the same device."""
     from helpers.hardware import package_versions
     from helpers.results import write_json_atomic
@@ -318,15 +365,23 @@ def write_run(args: argparse.Namespace, argv: list[str] | None, hardware, rows: 
         "precision": hardware.precision.name,
         "versions": package_versions(),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "command": " ".join(["python scripts/benchmark.py", *without_out(argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join(["python", "scripts/benchmark.py", *without_out(argv if argv is not None else sys.argv[1:])]),
         "naive": NAIVE,
         "course": COURSE,
         "rows": rows,
         "seconds": seconds,
     }
-    where = hardware.name if hardware.device_type == "cuda" else "cpu"
-    key = f"{args.profile} on {where}" + (" (smoke)" if args.rows == "smoke" else "")
+    key = run_key(args, hardware)
     runs = json.loads(args.out.read_text())["runs"] if args.out.exists() else {}
+    for row in rows:
+        row.setdefault("command", run["command"])  # which run measured each row (--merge keeps earlier rows)
+    if earlier:  # --merge: keep the earlier run's rows that this run did not measure again
+        done = {(row["method"], row["row"]) for row in rows if "error" not in row}
+        kept = [{"command": earlier["command"], **row} for row in earlier["rows"]]
+        order = {(m, name): i for i, (m, name, _) in enumerate(plan(args.rows, ["full", "lora", "qlora"]))}
+        merged = [row for row in kept if (row["method"], row["row"]) not in done] + rows
+        run["rows"] = sorted(merged, key=lambda row: order.get((row["method"], row["row"]), len(order)))
+        run["command"] = f"{earlier['command']}; then {run['command']}"
     runs[key] = run
     write_json_atomic(args.out, {"runs": runs})
     return run
@@ -344,16 +399,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-examples", type=int, default=64)
     parser.add_argument("--long", action="store_true", help="chain conversations up to --max-length tokens")
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--only", default=None, help="these rows only: 'method:row name;...' (e.g. 'lora:course')")
+    parser.add_argument("--merge", action="store_true", help="keep the earlier run's other rows (each row names its command)")
+    parser.add_argument(
+        "--reestimate", action="store_true", help="recompute the stored rows' memory estimates (after the estimator changed)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmark.json")
     args = parser.parse_args(argv)
     if args.smoke:
         args.rows, args.steps, args.warmup, args.eval_examples = "smoke", 4, 1, 8
+
+    if args.reestimate:
+        return reestimate(args.out)
 
     import torch
 
     from helpers.hardware import detect_hardware
 
     rows = plan(args.rows, args.methods.split(","))
+    if args.only:
+        wanted = [tuple(item.split(":", 1)) for item in args.only.split(";")]
+        unknown = [w for w in wanted if w not in {(m, n) for m, n, _ in rows}]
+        if unknown:
+            parser.error(f"--only names rows that --rows {args.rows} does not have: {unknown}")
+        rows = [next(r for r in rows if (r[0], r[1]) == w) for w in wanted]  # in the order given
     # On a CPU each row runs in a process forked from this one, so that its peak RSS is its own, and it starts with the
     # libraries imported (a fresh process takes 12 s here). On CUDA the rows share this process: the allocator's peak
     # counters are reset for each row, and its cache emptied.
@@ -364,7 +433,21 @@ def main(argv: list[str] | None = None) -> int:
     import train  # noqa: F401
     import trl  # noqa: F401
 
+    earlier = None
+    if args.merge and args.out.exists():
+        earlier = json.loads(args.out.read_text())["runs"].get(run_key(args, hardware))
     results, started = [], time.perf_counter()
+    if cuda and rows:
+        # The first training in a process pays for CUDA's lazy start (kernels loaded, cuBLAS handles, bitsandbytes'
+        # library): measured on the H200, a first QLoRA row ran at 11,905 tokens/s and the same row later at 18,480.
+        # So a few steps of the first row run first and are thrown away.
+        method, _, knobs = rows[0]
+        warm = argparse.Namespace(**{**vars(args), "steps": 3, "warmup": 1, "eval_examples": 8})
+        with tempfile.TemporaryDirectory() as scratch:
+            scratch = Path(scratch)
+            failed = in_process_row(method, knobs, warm, scratch / "warm.json", scratch / "warm.log")
+        print(f"warm-up: 3 steps of {method} {rows[0][1]} {'failed' if failed else 'done'} (not measured), "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         for i, (method, name, knobs) in enumerate(rows, 1):
             result_file, log_file = Path(scratch) / f"row{i}.json", Path(scratch) / f"row{i}.log"
@@ -389,14 +472,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             row = {"row": name, **json.loads(result_file.read_text())}
             results.append(row)
-            write_run(args, argv, hardware, results, time.perf_counter() - started)  # a run cut short keeps its rows
+            write_run(args, argv, hardware, results, time.perf_counter() - started, earlier)  # a run cut short keeps its rows
             print(
                 f"[{i}/{len(rows)}] {method:<5} {name:<42} {row['tokens_per_second']:8.0f} tok/s  "
                 f"padding {row['padding_share']:5.1%}  peak {row['peak_memory']['peak_bytes'] / 2**20:7.0f} MiB  "
                 f"eval loss {row['eval_loss']:.3f}  ({time.perf_counter() - row_start:.0f} s)",
                 flush=True,
             )
-    run = write_run(args, argv, hardware, results, time.perf_counter() - started)
+    run = write_run(args, argv, hardware, results, time.perf_counter() - started, earlier)
     print(f"{len(results)} rows in {run['seconds']:.0f} s -> {args.out}", flush=True)
     code = 1 if any("error" in row for row in results) else 0
     if cuda and argv is None:

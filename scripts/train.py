@@ -62,9 +62,13 @@ def per_device_batch(global_batch: int, processes: int) -> int:
 
 def load_model(
     method: str, path: str, dtype: torch.dtype, device: str | int, seed: int,
-    lora_dropout: float = 0.0, attention: str = "sdpa",
+    lora_dropout: float = 0.0, attention: str = "sdpa", upcast: bool = True,
 ) -> torch.nn.Module:
-    """The base model for a method, with LoRA adapters for lora and qlora (4-bit NF4 base for qlora)."""
+    """The base model for a method, with LoRA adapters for lora and qlora (4-bit NF4 base for qlora).
+
+    upcast=False (qlora; the benchmark's Unsloth-like row) skips prepare_model_for_kbit_training, which casts the
+    embedding and norms to float32, and keeps them in dtype.
+    """
     torch.manual_seed(seed)
     if method == "full":
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attention)  # float32 master weights
@@ -82,7 +86,8 @@ def load_model(
             attn_implementation=attention,
         )
         keep_4bit_layers_trainable(model)  # CPU only: see notebook 3
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if upcast:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, lora_config)
 

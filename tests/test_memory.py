@@ -123,8 +123,8 @@ ESTIMATE_ARGS = dict(
 
 
 def test_estimate_training_memory_arithmetic():
-    per_layer = 2 * 4 * (10 * 8 + 4 * 16 + 2 * 4) * 2  # 2432
-    logits = 2 * 4 * 10 * (2 + 8)  # 800
+    per_layer = 2 * 4 * (10 * 8 + 4 * 16) * 2  # 2304: SDPA keeps no attention probabilities
+    logits = 2 * 4 * 10 * (2 + 8)  # 800: every position scored (loss_tokens=None)
     estimate = estimate_training_memory(**ESTIMATE_ARGS)
     assert estimate == {
         "weights": 4000,
@@ -135,7 +135,15 @@ def test_estimate_training_memory_arithmetic():
     }
 
     checkpointed = estimate_training_memory(**ESTIMATE_ARGS, gradient_checkpointing=True)
-    assert checkpointed["activations"] == 3 * (2 * 4 * 8 * 2) + per_layer + logits
+    assert checkpointed["activations"] == 3 * (2 * 4 * 8 * 2) + 2 * per_layer + logits, "one layer rebuilt + its grads"
+    eager = estimate_training_memory(**ESTIMATE_ARGS, attention="eager")
+    assert eager["activations"] == 3 * (per_layer + 2 * 4 * 2 * 4 * 2) + logits, "eager keeps heads x seq per token"
+    scored = estimate_training_memory(**ESTIMATE_ARGS, loss_tokens=3)
+    assert scored["activations"] == 3 * per_layer + 3 * 10 * (2 + 8), "on CUDA TRL scores only labelled positions"
+    float32_stream = estimate_training_memory(**ESTIMATE_ARGS, residual_bytes=4)
+    assert float32_stream["activations"] == 3 * 2 * 4 * (10 * 8 * 4 + 4 * 16 * 2) + logits
+    with pytest.raises(ValueError, match="Unknown attention 'flash'"):
+        estimate_training_memory(**ESTIMATE_ARGS, attention="flash")
 
     assert estimate_training_memory(**ESTIMATE_ARGS, optimizer="paged_adamw_8bit")["optimizer_states"] == 200
     assert estimate_training_memory(**ESTIMATE_ARGS, optimizer="adamw_8bit")["optimizer_states"] == 200

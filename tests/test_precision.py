@@ -83,17 +83,37 @@ def test_full_fine_tuning_steps_float32_master_weights_when_memory_allows(tmp_pa
     ns = run_cells("01_full_finetuning.ipynb", FULL_CELLS, notebook_namespace(tmp_path, REGIMES[regime]))
     assert ns["plan"]["name"] == "plain" and ns["plan"]["weights"] == "float32"
     assert stepped_dtypes(ns["trainer"]) == {torch.float32}
-    estimate = ns["plan_estimate"](ns["plan"], 256)
+    estimate = ns["plan_estimate"](ns["plan"])
     if regime == "fp32":
         assert "autocast_copies" not in estimate, "no autocast, no 16-bit copies"
     else:
         assert estimate["autocast_copies"] == 2 * ns["total"], "autocast keeps a 16-bit copy of each float32 weight"
 
 
+@pytest.mark.parametrize("scored", [None, 40])
+def test_notebook_1s_memory_arithmetic_is_the_helpers_estimate(tmp_path, scored):
+    """Notebook 1 writes the arithmetic out; notebooks 2 to 4 call helpers.memory's: they must agree on every plan."""
+    from helpers.memory import estimate_training_memory
+
+    ns = run_cells("01_full_finetuning.ipynb", FULL_CELLS[:5], notebook_namespace(tmp_path, BF16))
+    cfg, total = ns["cfg"], ns["total"]
+    for plan in ns["plans"]:
+        w = 4 if plan["weights"] == "float32" else 2
+        helper = estimate_training_memory(
+            total_params=total, trainable_params=total, weight_bytes=w * total, grad_bytes_per_param=w,
+            optimizer=plan["optim"], batch_size=plan["micro_batch"], seq_len=100, hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_hidden_layers, intermediate_size=cfg.intermediate_size, vocab_size=cfg.vocab_size,
+            num_heads=cfg.num_attention_heads, activation_bytes=2, residual_bytes=w, loss_tokens=scored,
+            gradient_checkpointing=plan["checkpointing"], autocast_copy_params=total if w == 4 else 0,
+            embedding_params=cfg.vocab_size * cfg.hidden_size,
+        )
+        assert ns["training_memory"](plan, cfg, total, 100, 2, scored) == helper, plan["name"]
+
+
 def test_full_fine_tuning_falls_back_to_pure_bf16_only_when_nothing_else_fits(tmp_path):
     ns = notebook_namespace(tmp_path, BF16)
     run_cells("01_full_finetuning.ipynb", FULL_CELLS[:5], ns)  # plenty of memory: plain, float32
-    estimates = {p["name"]: ns["plan_estimate"](p, ns["longest"]) for p in ns["plans"]}
+    estimates = {p["name"]: ns["plan_estimate"](p) for p in ns["plans"]}
     need = {name: e.get("total_on_gpu", e["total"]) for name, e in estimates.items()}  # paged states may leave the GPU
     assert need["pure bf16"] < need["low memory"] < need["plain"]
     between = int((need["pure bf16"] + need["low memory"]) / 2 / 0.9)  # choose_plan keeps a 10% margin
