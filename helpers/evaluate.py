@@ -67,9 +67,13 @@ def generate_replies(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[list[dict]],
     max_new_tokens: int = 64,
-    batch_size: int = 32,
+    batch_size: int = 100,
 ) -> list[str]:
-    """Greedy replies to chat prompts, batched longest first with left padding, stopping on the end-of-turn token."""
+    """Greedy replies to chat prompts, batched longest first with left padding, stopping on the end-of-turn token.
+
+    100 prompts a batch: on 2 CPU cores the course's 300 test replies took 10.0 s (4-bit tiny model) and 9.2 s (float32)
+    instead of 17.4 s and 11.6 s at 32 (each generation step costs about the same whatever the batch).
+    """
     model.eval()
     device = next(model.parameters()).device
     all_ids = [_ids(tokenizer, p, add_generation_prompt=True) for p in prompts]
