@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: course test lint venv clean-venv smoke-random gpu-check-dry-run bench
+.PHONY: course test lint venv clean-venv smoke-random gpu-check-dry-run bench serve
 
 venv: $(STAMP)
 
@@ -34,6 +34,13 @@ test: $(STAMP)
 # row in its own process) -> results/benchmark.json, which notebook 4 shows. About 3 minutes on 2 CPU cores.
 bench: $(STAMP)
 	TQDM_DISABLE=1 $(PY) scripts/benchmark.py
+
+# An OpenAI-compatible chat-completions API on 127.0.0.1 for a model or LoRA adapter folder (transformers serve),
+# in the foreground until Ctrl-C: make serve MODEL=outputs/lora-merged PORT=8001
+MODEL ?= models/tiny-llama-support
+PORT ?= 8000
+serve: $(STAMP)
+	$(PY) scripts/serve.py --model $(MODEL) --port $(PORT)
 
 # Notebooks 1-3 in the llama-3.2-1b-random profile with the smoke budget (real Llama 3.2 1B shapes, random weights);
 # the executed copies go to .cache/smoke-random/, the committed notebooks are left alone.

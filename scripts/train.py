@@ -1,14 +1,19 @@
 """The notebooks' recipe as a script: full fine-tuning, LoRA or QLoRA, on a CPU, one GPU or several.
 
-    python scripts/train.py --method lora                                   # one GPU (or the CPU)
-    accelerate launch --num_processes 2 scripts/train.py --method lora      # two GPUs: data parallel (DDP)
-    accelerate launch --cpu --num_processes 1 scripts/train.py --method qlora --profile tiny   # what the tests run
+    python scripts/train.py --method lora                                                # one GPU (or the CPU)
+    accelerate launch --multi_gpu --num_processes 2 scripts/train.py --method lora       # two GPUs: data parallel (DDP)
+    accelerate launch --config_file configs/fsdp.yaml scripts/train.py --method full     # several GPUs: FSDP2 shards
+    accelerate launch --cpu --num_processes 1 scripts/train.py --method qlora --profile tiny   # one CPU process
 
-Same data, model loading, LoraConfig / BitsAndBytesConfig and SFTConfig settings as notebooks 1 to 3. The global batch
-(--global-batch, default 8 examples per optimizer step) is split across the processes, so one GPU and four train the
-same recipe. Checkpoints go to <output-dir>/checkpoints (an interrupted run resumes from the newest complete one);
-the trained model or adapter and the tokenizer go to <output-dir>/final, written whole or not at all. Profiles and
-environment variables as in the notebooks (COURSE_PROFILE, COURSE_MODEL_ID, COURSE_PRECISION).
+Without a GPU, `--multi_gpu --num_processes 2` runs two CPU processes, data parallel over gloo (the tests compare its
+losses with one process's); `--num_processes 2` without `--multi_gpu` or a config file starts one process only.
+
+Same data, model loading, LoraConfig / BitsAndBytesConfig and SFTConfig settings as notebooks 1 to 3
+(tests/test_train_script.py checks them). The global batch (--global-batch, default 8 examples per optimizer step) is
+split across the processes, so one GPU and four train the same recipe on the same examples in each step.
+Checkpoints go to <output-dir>/checkpoints (an interrupted run resumes from the newest complete one); the trained model
+or adapter and the tokenizer go to <output-dir>/final, written by the first process only, whole or not at all. Profiles
+and environment variables as in the notebooks (COURSE_PROFILE, COURSE_MODEL_ID, COURSE_PRECISION).
 """
 
 from __future__ import annotations
@@ -92,7 +97,7 @@ def load_model(
     return get_peft_model(model, lora_config)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", choices=sorted(LEARNING_RATES), required=True)
     parser.add_argument("--profile", default="auto", help="auto, llama-3.2-1b, tiny or llama-3.2-1b-random")
@@ -110,10 +115,17 @@ def main(argv: list[str] | None = None) -> None:
         help="similar_length (the notebooks'), transformers' group_by_length (longest-first pools), or random batches",
     )
     parser.add_argument("--report-to", default="none", help="none, tensorboard, trackio or wandb")
+    parser.add_argument("--logging-steps", type=int, default=10, help="log the training loss every this many steps")
     parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args(argv)
+    return parser
 
-    state = PartialState()  # one process, or one per GPU under accelerate launch / torchrun
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    # One process, or one per GPU under accelerate launch / torchrun. Without a GPU, cpu=True makes several processes
+    # one data-parallel run over gloo, as SFTConfig's use_cpu below does for the Trainer; without it this state saw a
+    # single process, and each process took the whole global batch.
+    state = PartialState(cpu=not torch.cuda.is_available())
     check_report_to(args.report_to)
     batch = per_device_batch(args.global_batch, state.num_processes)
     with contextlib.redirect_stdout(sys.stdout if state.is_main_process else io.StringIO()):  # one banner
@@ -142,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         gradient_checkpointing=False,  # TRL's default is on; the notebooks turn it off
         train_sampling_strategy="sequential" if args.sampling == "similar_length" else args.sampling,
         learning_rate=args.learning_rate or LEARNING_RATES[args.method][profile != "tiny"],
+        optim="paged_adamw_8bit" if args.method == "qlora" and hardware.device_type == "cuda" else "adamw_torch_fused",
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
         max_length=args.max_length,
@@ -149,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         bf16=precision.bf16,
         fp16=precision.fp16,
         use_cpu=hardware.device_type == "cpu",
-        logging_steps=10,
+        logging_steps=args.logging_steps,
         save_steps=100,
         save_total_limit=2,
         seed=args.seed,
@@ -174,12 +187,15 @@ def main(argv: list[str] | None = None) -> None:
     with checkpoint_on_interrupt(trainer):
         trainer.train(resume_from_checkpoint=checkpoint)
     state.wait_for_everyone()
-    if not state.is_main_process:
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)  # every process takes part: FSDP gathers its shards
+    if not state.is_main_process:  # the first process writes the model and evaluates it
         return
     model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     with atomic_dir(output_dir / "final") as folder:
-        model.save_pretrained(folder)  # the adapter alone for lora and qlora, the whole model for full
+        model.save_pretrained(folder, state_dict=state_dict)  # the adapter alone for lora and qlora, the whole model for full
         tokenizer.save_pretrained(folder)
+    if trainer.is_fsdp_enabled:  # the trained weights stay sharded over the processes: evaluate the saved copy
+        model = AutoModelForCausalLM.from_pretrained(output_dir / "final", dtype=precision.torch_dtype).to(state.device)
     loss = eval_loss(model, tokenizer, dataset["validation"])
     print(f"eval loss {loss['eval_loss']:.3f} on {len(dataset['validation'])} validation examples")
     if args.test_examples:

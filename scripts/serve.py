@@ -1,0 +1,190 @@
+"""Serve a model folder behind an OpenAI-compatible chat-completions API on this machine, until Ctrl-C.
+
+Usage (from the repository root; `make serve MODEL=... PORT=...` does this inside .venv):
+    python scripts/serve.py [--model models/tiny-llama-support] [--port 8000] [--host 127.0.0.1]
+
+The server is transformers' own (`transformers serve`, from transformers[serving]), pinned to one model, which
+requests name as printed at start (the folder as given). The folder holds either a full model (config.json:
+models/tiny-llama-support, outputs/lora-merged, outputs/full-model) or a LoRA adapter (adapter_config.json:
+outputs/lora-adapter). transformers serve loads full models only, so an adapter is first merged into the base
+named in its adapter_config.json, once, into .cache/serve/ (again only when the adapter changes).
+
+Two checks run before transformers serve's own, both answering 400 as vLLM does: `messages` must be a non-empty
+list of {"role", "content"} objects (transformers serve answers 500 "Internal Server Error" to [], to a missing
+`messages` and to a message without a role), and the prompt plus max_tokens must fit in the model's context,
+max_position_embeddings (transformers serve generates past it, with 200).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MERGED_DIR = ROOT / ".cache" / "serve"
+MARKER = "merged_from.json"
+# Plain HTTP to this machine, never through a proxy the environment may name.
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def fail(message: str) -> None:
+    sys.exit(f"serve.py: {message}")
+
+
+def folder_kind(folder: Path) -> str:
+    """'model' or 'adapter'; exits with the fix when the folder is neither."""
+    example = "make serve MODEL=models/tiny-llama-support (or --model); notebook 2 writes outputs/lora-merged"
+    if not folder.is_dir():
+        fail(f"no folder {folder}. Pass a model folder: {example}.")
+    if (folder / "config.json").is_file():
+        return "model"
+    if (folder / "adapter_config.json").is_file():
+        return "adapter"
+    fail(
+        f"{folder} has neither config.json (a saved model) nor adapter_config.json (a saved LoRA adapter). "
+        f"Pass the folder save_pretrained wrote: {example}."
+    )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind the port the way uvicorn will (SO_REUSEADDR), so a port in use is reported before the model loads."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            fail(
+                f"port {port} on {host} is in use ({e.strerror}): stop what listens there, or pick another port: "
+                f"make serve PORT={port + 1} (or --port {port + 1})."
+            )
+
+
+def merged_copy(adapter: Path) -> Path:
+    """The adapter merged into its base, saved with the tokenizer as a full model folder under .cache/serve/."""
+    weights = adapter / "adapter_model.safetensors"
+    mtime_ns = weights.stat().st_mtime_ns if weights.exists() else 0
+    source = {"adapter": str(adapter.resolve()), "mtime_ns": mtime_ns}
+    out = MERGED_DIR / adapter.resolve().name
+    if (out / MARKER).is_file() and json.loads((out / MARKER).read_text()) == source:
+        return out
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sys.path.insert(0, str(ROOT))
+    from helpers.artifacts import atomic_dir
+    from helpers.guards import check_adapter_base
+
+    base_name = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    print(f"Merging the adapter {adapter} into its base {base_name} -> {out} ...", flush=True)
+    base = AutoModelForCausalLM.from_pretrained(base_name, dtype="auto")
+    check_adapter_base(adapter, base)
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    has_tokenizer = (adapter / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(adapter if has_tokenizer else base_name)
+    with atomic_dir(out) as folder:
+        merged.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / MARKER).write_text(json.dumps(source))
+    return out
+
+
+def reject_bad_request(handler, body: dict) -> None:
+    """Raise a 4xx for what transformers serve would otherwise answer with a generation or a 500."""
+    from fastapi import HTTPException
+
+    handler._validate_request(body)  # unknown fields: 422
+    messages = body.get("messages")
+    well_formed = isinstance(messages, list) and all(isinstance(m, dict) and "role" in m for m in messages)
+    if not well_formed or not messages:
+        raise HTTPException(400, '`messages` must be a non-empty list of {"role", "content"} objects.')
+    _, model, processor = handler._resolve_model(dict(body))  # another model than the served one: 400
+    modality = handler.model_manager.get_model_modality(model, processor=processor)
+    prompt = processor.apply_chat_template(
+        handler.get_processor_inputs_from_messages(messages, modality),
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        **handler.chat_template_kwargs,
+    )["input_ids"]
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    wanted = int(body.get("max_completion_tokens") or body.get("max_tokens") or 1)
+    if context is not None and len(prompt) + wanted > context:
+        raise HTTPException(
+            400,
+            f"This model's maximum context length is {context} tokens; the messages take {len(prompt)} and "
+            f"max_tokens asks for {wanted} more. Shorten the messages or lower max_tokens.",
+        )
+
+
+def add_request_checks() -> None:
+    """Put reject_bad_request in front of transformers serve's chat-completions handler."""
+    from transformers.cli.serving import chat_completion
+
+    class CheckedChatCompletionHandler(chat_completion.ChatCompletionHandler):
+        async def handle_request(self, body: dict, request_id: str):
+            reject_bad_request(self, body)
+            return await super().handle_request(body, request_id)
+
+    chat_completion.ChatCompletionHandler = CheckedChatCompletionHandler  # Serve imports it by this name
+
+
+def announce_when_answering(url: str, model: str, wait: float, timed_out: threading.Event) -> None:
+    """Print the URL and an example once /v1/models answers; stop the server if it does not within `wait` s."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            with LOCAL.open(f"{url}/models", timeout=2) as answer:
+                if answer.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        print(f"serve.py: {url}/models did not answer within {wait:.0f} s; stopping.", file=sys.stderr)
+        timed_out.set()
+        os.kill(os.getpid(), signal.SIGINT)
+        return
+    example = {"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32}
+    print(
+        f"\nServing {model} at {url} (OpenAI-compatible; Ctrl-C stops it). Try:\n"
+        f"  curl {url}/chat/completions -H 'Content-Type: application/json' -d '{json.dumps(example)}'\n",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="models/tiny-llama-support", help="model or LoRA adapter folder")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1: this machine only")
+    parser.add_argument("--wait", type=float, default=300, help="seconds to wait for the server to answer")
+    args = parser.parse_args()
+
+    folder = Path(args.model)
+    kind = folder_kind(folder)
+    check_port_free(args.host, args.port)
+    model = args.model if kind == "model" else os.path.relpath(merged_copy(folder))
+
+    add_request_checks()
+    from transformers.cli.serve import Serve
+
+    url = f"http://{args.host}:{args.port}/v1"
+    timed_out = threading.Event()
+    threading.Thread(target=announce_when_answering, args=(url, model, args.wait, timed_out), daemon=True).start()
+    try:
+        Serve(force_model=model, host=args.host, port=args.port)  # loads the model, then serves
+    except KeyboardInterrupt:
+        sys.exit(1 if timed_out.is_set() else 0)
+
+
+if __name__ == "__main__":
+    main()

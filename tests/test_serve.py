@@ -1,0 +1,171 @@
+"""The local API (scripts/serve.py, transformers serve): it answers as the model does, streams, and rejects bad requests.
+
+One server process with the tiny model serves every request test; it is stopped (its process group killed) at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+from openai import OpenAI
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from helpers.models import REPO_ROOT, TINY_MODEL_DIR
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+try:
+    import serve
+finally:
+    sys.path.remove(str(REPO_ROOT / "scripts"))
+
+MODEL = "models/tiny-llama-support"  # as a user passes it: requests name the model the same way
+MAX_TOKENS = 32
+MESSAGES = [{"role": "user", "content": "My order 48213 has not arrived yet. Can you check it?"}]
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+SERVE = [sys.executable, serve.__file__]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, data: bytes) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with LOCAL.open(request, timeout=60) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def chat(url: str, **body) -> tuple[int, str]:
+    return post(f"{url}/chat/completions", json.dumps({"model": MODEL, **body}).encode())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The base URL of scripts/serve.py serving the tiny model on a free port."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}  # the machine is shared
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [*SERVE, "--model", MODEL, "--port", str(port)],
+            cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 60
+        while "Serving" not in log.read_text():
+            assert process.poll() is None, f"serve.py exited ({process.returncode}):\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"serve.py did not answer within 60 s:\n{log.read_text()}"
+            time.sleep(0.1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return OpenAI(base_url=server, api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def reply(client):
+    answer = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0)
+    return answer.choices[0].message.content
+
+
+def test_the_reply_is_the_models_own_greedy_generation(reply):
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
+    model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype="auto").eval()
+    inputs = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_TOKENS)
+    expected = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert expected.strip(), "the tiny model generated nothing to compare"
+    assert reply == expected
+
+
+def test_streamed_chunks_add_up_to_the_reply(client, reply):
+    stream = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0, stream=True
+    )
+    chunks = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    assert len([c for c in chunks if c]) > 1
+    assert "".join(chunks) == reply
+
+
+BAD_REQUESTS = {
+    "empty messages": (json.dumps({"model": MODEL, "messages": []}), 400, "non-empty list"),
+    "unknown model": (json.dumps({"model": "no-such-model", "messages": MESSAGES}), 400, "pinned to"),
+    "too long": (
+        json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "order " * 3000}], "max_tokens": 8}),
+        400,
+        "maximum context length is 2048",
+    ),
+    "malformed JSON": ('{"model": "' + MODEL + '", "messages": [', 422, "JSON decode error"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+def test_a_bad_request_gets_a_4xx_that_says_why_and_the_server_goes_on(server, case):
+    body, status, message = BAD_REQUESTS[case]
+    got_status, got_body = post(f"{server}/chat/completions", body.encode())
+    assert (got_status, message in got_body) == (status, True), got_body
+    assert chat(server, messages=MESSAGES, max_tokens=1)[0] == 200
+
+
+def test_a_port_in_use_is_named_before_the_model_loads():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*SERVE, "--port", str(port)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use" in done.stderr and "--port" in done.stderr
+
+
+@pytest.mark.parametrize("folder", ["no/such/folder", "data"])
+def test_a_folder_that_is_not_a_model_is_named_with_the_fix(folder):
+    done = subprocess.run([*SERVE, "--model", folder], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert folder in done.stderr and "MODEL=models/tiny-llama-support" in done.stderr
+
+
+def test_an_adapter_is_merged_into_its_base_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(serve, "MERGED_DIR", tmp_path / "merged")
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype="auto")
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # nonzero B: it changes
+    adapted = get_peft_model(base, config).eval()
+    adapted.save_pretrained(tmp_path / "adapter")
+    merged_dir = serve.merged_copy(tmp_path / "adapter")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)  # served with the base's tokenizer and chat template
+    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**ids).logits, adapted(**ids).logits, rtol=1e-4, atol=1e-4)
+    saved = (merged_dir / "model.safetensors").stat().st_mtime_ns
+    assert serve.merged_copy(tmp_path / "adapter") == merged_dir
+    assert (merged_dir / "model.safetensors").stat().st_mtime_ns == saved  # reused, not merged again
