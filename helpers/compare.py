@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers.data import TASK_ACCURACY
 from helpers.evaluate import wilson_interval
 from helpers.memory import format_bytes
 from helpers.results import load_results, notebook_fingerprint
@@ -28,15 +29,24 @@ def load_all(results_dir: Path, notebooks_dir: Path) -> tuple[dict[str, dict], l
                 f"{method}: stale: notebooks/{notebook} has changed since {path.name} was written "
                 f"({found[method]['created_at']}). Rerun that notebook (or `make course`)."
             )
-    for key, what in (("profile", "profiles"), ("device", "hardware")):
-        values = {method: r[key] for method, r in found.items()}
+    for what, value_of in (
+        ("profiles", lambda r: r["profile"]),
+        ("hardware", lambda r: r["device"]),
+        ("metrics", metric_of),  # task accuracy on the support data, chrF on other data
+    ):
+        values = {method: value_of(r) for method, r in found.items()}
         if len(set(values.values())) > 1:
             listed = "; ".join(f"{m}: {v}" for m, v in values.items())
             problems.append(
                 f"The results come from different {what} ({listed}): their numbers are not comparable. "
-                f"Rerun the three notebooks with the same COURSE_PROFILE on the same machine."
+                f"Rerun the three notebooks with the same COURSE_PROFILE and DATA on the same machine."
             )
     return found, problems
+
+
+def metric_of(result: dict) -> str:
+    """What a results file's accuracy_before/after measure: "task accuracy" (also when unsaid) or "chrF"."""
+    return result.get("metric", TASK_ACCURACY)
 
 
 def train_memory(result: dict) -> dict:
@@ -71,12 +81,15 @@ def comparison_rows(found: dict[str, dict]) -> dict[str, dict[str, str]]:
                 "train time": f"{r['train_seconds']:.0f} s",
                 "eval loss": f"{r['eval_loss']:.3f}",
                 "perplexity": f"{r['perplexity']:.2f}",
-                "accuracy before -> after": f"{r['accuracy_before']:.1%} -> {r['accuracy_after']:.1%}",
             }
         )
-        if "test_examples" in r:  # results files from before the interval was stored lack the count
-            low, high = wilson_interval(r["accuracy_after"], r["test_examples"])
-            column["  95% interval after"] = f"{low:.1%} to {high:.1%} (n={r['test_examples']})"
+        if metric_of(r) == TASK_ACCURACY:
+            column["accuracy before -> after"] = f"{r['accuracy_before']:.1%} -> {r['accuracy_after']:.1%}"
+            if "test_examples" in r:  # results files from before the interval was stored lack the count
+                low, high = wilson_interval(r["accuracy_after"], r["test_examples"])
+                column["  95% interval after"] = f"{low:.1%} to {high:.1%} (n={r['test_examples']})"
+        else:  # chrF: a score from 0 to 100, not a rate, so no Wilson interval
+            column[f"{metric_of(r)} before -> after"] = f"{r['accuracy_before']:.1f} -> {r['accuracy_after']:.1f}"
         column["artifact on disk"] = format_bytes(r["artifact_bytes"])
         for row, text in column.items():
             rows.setdefault(row, {})[method] = text

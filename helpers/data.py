@@ -19,6 +19,7 @@ from pathlib import Path
 
 import datasets
 from datasets import Dataset, DatasetDict
+from sacrebleu.metrics import CHRF
 
 SUPPORT_DIR = Path(__file__).resolve().parent.parent / "data" / "support"
 SPLITS = ("train", "validation", "test")
@@ -505,6 +506,7 @@ def batches_of_similar_length(ds: Dataset, tokenizer, batch_size: int, seed: int
 # Scoring replies
 # ---------------------------------------------------------------------------
 
+TASK_ACCURACY, CHRF_METRIC = "task accuracy", "chrF"  # what score_any's "metric" says
 HEADER_LINE = re.compile(r"^\s*(category|order|product)\s*:\s*(.*?)\s*$", re.IGNORECASE)
 
 
@@ -520,15 +522,25 @@ def parse_reply(text: str) -> dict:
     return fields
 
 
-def score_replies(predictions: list[str], references: list[str]) -> dict:
-    """Accuracy of all three header fields together (`accuracy`) and of each field, over n replies."""
+def check_pairs(scorer: str, predictions: list[str], references: list[str]) -> None:
+    """Raise ValueError unless there is one prediction per reference, and at least one."""
     if len(predictions) != len(references):
         raise ValueError(
-            f"score_replies got {len(predictions)} predictions but {len(references)} references. "
+            f"{scorer} got {len(predictions)} predictions but {len(references)} references. "
             "Pass one prediction per reference, in the same order."
         )
     if not references:
-        raise ValueError("score_replies got no predictions. Expected at least one prediction and reference.")
+        raise ValueError(f"{scorer} got no predictions. Expected at least one prediction and reference.")
+
+
+def has_reply_fields(text: str) -> bool:
+    """Whether a reply has all three header lines (category, order and product)."""
+    return None not in parse_reply(text).values()
+
+
+def score_replies(predictions: list[str], references: list[str]) -> dict:
+    """Accuracy of all three header fields together (`accuracy`) and of each field, over n replies."""
+    check_pairs("score_replies", predictions, references)
     correct = dict.fromkeys(REPLY_FIELDS, 0)
     all_correct = 0
     for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
@@ -546,3 +558,24 @@ def score_replies(predictions: list[str], references: list[str]) -> dict:
         all_correct += all(matches)
     n = len(references)
     return {"n": n, "accuracy": all_correct / n, **{key: correct[key] / n for key in REPLY_FIELDS}}
+
+
+def chrf_scores(predictions: list[str], references: list[str]) -> dict:
+    """chrF (sacrebleu's character n-gram F-score, 0 to 100) of the replies as a corpus, and its mean per reply."""
+    check_pairs("chrf_scores", predictions, references)
+    chrf = CHRF()
+    per_reply = [chrf.sentence_score(p, [r]).score for p, r in zip(predictions, references, strict=True)]
+    corpus = chrf.corpus_score(list(predictions), [list(references)]).score
+    return {"metric": CHRF_METRIC, "n": len(references), "chrF": corpus, "chrF_mean": sum(per_reply) / len(per_reply)}
+
+
+def score_any(predictions: list[str], references: list[str]) -> dict:
+    """Task accuracy per header field if every reference has the three header lines, else chrF; "metric" says which."""
+    if all(has_reply_fields(reference) for reference in references):
+        return {"metric": TASK_ACCURACY, **score_replies(predictions, references)}
+    return chrf_scores(predictions, references)
+
+
+def headline(scores: dict) -> float:
+    """The one number of score_any's scores: accuracy (0 to 1) for task accuracy, chrF (0 to 100) otherwise."""
+    return scores["accuracy"] if scores["metric"] == TASK_ACCURACY else scores["chrF"]

@@ -1,4 +1,4 @@
-"""Evaluation: loss and perplexity on held-out answers, task accuracy by greedy generation."""
+"""Evaluation: loss and perplexity on held-out answers, task accuracy (or chrF on other data) by greedy generation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from helpers.data import score_replies
+from helpers.data import score_any, score_replies
 from helpers.models import CHAT_TEMPLATE_KWARGS, stop_token_ids
 
 
@@ -100,13 +100,28 @@ def generate_replies(
     return in_order
 
 
+def replies_and_references(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, max_new_tokens: int = 64
+) -> tuple[list[str], list[str]]:
+    """A greedy reply to each example's prompt, and each example's reference answer (the completion's last message)."""
+    replies = generate_replies(model, tokenizer, [ex["prompt"] for ex in dataset], max_new_tokens)
+    return replies, [ex["completion"][-1]["content"] for ex in dataset]
+
+
 def task_accuracy(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, max_new_tokens: int = 64
 ) -> tuple[dict, list[str]]:
     """Generate a reply for each test example and score its header fields against the reference."""
-    replies = generate_replies(model, tokenizer, [ex["prompt"] for ex in dataset], max_new_tokens)
-    references = [ex["completion"][-1]["content"] for ex in dataset]
+    replies, references = replies_and_references(model, tokenizer, dataset, max_new_tokens)
     return score_replies(replies, references), replies
+
+
+def reply_scores(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, max_new_tokens: int = 64
+) -> tuple[dict, list[str]]:
+    """Generate a reply for each test example; task accuracy if every reference has the header lines, else chrF."""
+    replies, references = replies_and_references(model, tokenizer, dataset, max_new_tokens)
+    return score_any(replies, references), replies
 
 
 @torch.no_grad()

@@ -28,8 +28,8 @@ RESULT_KEYS = (
     "train_seconds",
     "eval_loss",
     "perplexity",
-    "accuracy_before",
-    "accuracy_after",
+    "accuracy_before",  # the test score before training: task accuracy (0 to 1), or chrF (0 to 100) where
+    "accuracy_after",  # an optional "metric" key says "chrF" (data without the header lines; helpers.data.score_any)
     "artifact_bytes",  # size of what you would ship: the full model, or the adapter
     "loss_history",  # [{"step": 10, "loss": 2.31}, ...]
     "notebook_fingerprint",  # notebook_fingerprint() of the notebook that wrote the file

@@ -526,3 +526,25 @@ def test_score_replies():
         hd.score_replies(predictions[:1], references)
     with pytest.raises(ValueError, match=r"reference 0 has no line for \['order', 'product'\]"):
         hd.score_replies(["x"], ["category: refund"])
+
+
+def test_chrf_is_100_for_identical_texts_and_low_for_unrelated_ones():
+    texts = ["Water the fern twice a week.", "Paris is the capital of France.", "Ünïcode, émojis 🌿 and\nnew lines."]
+    same = hd.chrf_scores(texts, texts)
+    assert same == {"metric": "chrF", "n": 3, "chrF": pytest.approx(100), "chrF_mean": pytest.approx(100)}
+    unrelated = hd.chrf_scores(["zebra quokka 4711", "xylophone"], texts[:2])
+    assert 0 <= unrelated["chrF"] < 15 and 0 <= unrelated["chrF_mean"] < 15
+    empty = hd.chrf_scores(["", "Paris is the capital of France."], texts[:2])  # a model may say nothing
+    assert empty["chrF_mean"] == pytest.approx(50) and 0 < empty["chrF"] < 100
+    assert hd.chrf_scores(["", " "], ["a", "b"])["chrF"] == 0
+    with pytest.raises(ValueError, match=r"chrf_scores got 1 predictions but 2 references"):
+        hd.chrf_scores(["x"], texts[:2])
+
+
+def test_score_any_uses_task_accuracy_only_when_every_reference_has_the_header_lines():
+    support = ["category: refund\norder: 11111\nproduct: desk lamp\nThanks.", "category: return\norder: none\nproduct: none"]
+    scores = hd.score_any(support, support)
+    assert scores == {"metric": "task accuracy", **hd.score_replies(support, support)}
+    assert hd.headline(scores) == 1.0
+    mixed = hd.score_any(["Bonjour", "Blue"], ["Bonjour", support[0]])  # one reference without the header lines
+    assert mixed["metric"] == "chrF" and mixed["n"] == 2 and hd.headline(mixed) == mixed["chrF"]

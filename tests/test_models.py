@@ -24,6 +24,8 @@ from helpers.evaluate import (
     eval_loss,
     generate_replies,
     longest_first,
+    reply_scores,
+    task_accuracy,
     tokenize_with_mask,
     wilson_interval,
 )
@@ -194,6 +196,13 @@ def test_batched_generation_matches_one_at_a_time(model, tokenizer, examples):
     single = [generate_replies(model, tokenizer, [p], max_new_tokens=12)[0] for p in prompts]
     assert batched == single
     assert tokenizer.padding_side == "right"  # restored after generation
+
+
+def test_reply_scores_on_the_support_data_are_task_accuracy(model, tokenizer):
+    test = to_conversational(load_support({"test": 4})["test"], chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
+    scores, replies = reply_scores(model, tokenizer, test, max_new_tokens=32)
+    accuracy, same_replies = task_accuracy(model, tokenizer, test, max_new_tokens=32)
+    assert scores == {"metric": "task accuracy", **accuracy} and replies == same_replies
 
 
 def test_atomic_dir_keeps_the_old_folder_when_saving_fails(tmp_path):
