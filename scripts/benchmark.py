@@ -440,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     if cuda and rows:
         # The first training in a process pays for CUDA's lazy start (kernels loaded, cuBLAS handles, bitsandbytes'
         # library): measured on the H200, a first QLoRA row ran at 11,905 tokens/s and the same row later at 18,480.
-        # So a few steps of the first row run first and are thrown away.
+        # So a few steps of the first row run first and are thrown away. Not enough yet: after these 3 steps the first
+        # row (QLoRA naive) still measured 12,083 tokens/s, and 16,712 when run again later (--only ... --merge).
         method, _, knobs = rows[0]
         warm = argparse.Namespace(**{**vars(args), "steps": 3, "warmup": 1, "eval_examples": 8})
         with tempfile.TemporaryDirectory() as scratch:
