@@ -178,30 +178,33 @@ def load_support(split_sizes: dict | None = None) -> DatasetDict:
     return dd
 
 
-def take_first(dd: DatasetDict, split_sizes: dict) -> DatasetDict:
-    """Keep only the first N rows of the named splits, e.g. {"train": 800, "test": 100}."""
+def take_first(dd: DatasetDict, split_sizes: dict, cap: bool = False) -> DatasetDict:
+    """Keep only the first N rows of the named splits, e.g. {"train": 800, "test": 100}; cap: N may exceed a split."""
     result = DatasetDict(dict(dd))
     for split, size in split_sizes.items():
         if split not in dd:
             raise ValueError(f"split_sizes names split '{split}', but the splits are {list(dd)}.")
-        if size > len(dd[split]):
+        if size > len(dd[split]) and not cap:
             raise ValueError(
                 f"split_sizes asks for {size} rows of '{split}', but it has only {len(dd[split])}. "
                 f"Use a size of at most {len(dd[split])}."
             )
-        result[split] = dd[split].select(range(size))
+        result[split] = dd[split].select(range(min(size, len(dd[split]))))
     return result
 
 
-def load_dataset_any(source: str, column_map: dict | None = None, split: str | None = None) -> DatasetDict:
-    """Load "support", a local .jsonl/.json/.csv file or a Hugging Face dataset id, as prompt/completion strings.
+def load_dataset_any(
+    source: str, column_map: dict | None = None, split_sizes: dict | None = None, split: str | None = None
+) -> DatasetDict:
+    """Load "support", a local .jsonl/.json/.csv file or a Hugging Face dataset id as train/validation/test, checked.
 
     column_map renames your columns, e.g. {"prompt": "question", "completion": "answer"}.
+    split_sizes keeps the first N rows of each split, e.g. {"train": 2000}: all of a smaller split of your data.
     split picks one split of the source, which is then divided into train/validation/test.
     """
     if source == "support":
-        dd = load_support()
-    elif Path(source).suffix.lower() in LOCAL_SUFFIXES:
+        return load_support(split_sizes)  # checked as it is read
+    if Path(source).suffix.lower() in LOCAL_SUFFIXES:
         readers = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv}
         rows = readers[Path(source).suffix.lower()](source)
         dd = DatasetDict({"train": rows_to_dataset(rows, source)})
@@ -211,8 +214,7 @@ def load_dataset_any(source: str, column_map: dict | None = None, split: str | N
             "Save your data in one of those formats, or pass a Hugging Face dataset id."
         )
     else:
-        loaded = datasets.load_dataset(source)
-        dd = loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+        dd = load_from_hub(source)
     if split is not None:
         if split not in dd:
             raise ValueError(f"{source} has no split '{split}'. Available splits: {list(dd)}.")
@@ -223,7 +225,21 @@ def load_dataset_any(source: str, column_map: dict | None = None, split: str | N
         ds = normalise_columns(ds, column_map, label)
         validate_examples(ds, label)
         normalised[name] = ds
-    return ensure_splits(DatasetDict(normalised), source)
+    dd = ensure_splits(DatasetDict(normalised), source)
+    return take_first(dd, split_sizes, cap=True) if split_sizes else dd
+
+
+def load_from_hub(dataset_id: str) -> DatasetDict:
+    """datasets.load_dataset(dataset_id) as a DatasetDict; a missing, gated or unreachable dataset names the fix."""
+    try:
+        loaded = datasets.load_dataset(dataset_id)
+    except Exception as error:  # datasets raises several types: not found, gated, offline, bad config
+        raise ValueError(
+            f"Could not load {dataset_id!r} from the Hugging Face Hub ({type(error).__name__}: {error}). "
+            "Check the id (e.g. 'tatsu-lab/alpaca'), your network, and for a gated dataset `hf auth login`; "
+            "or pass a local .jsonl, .json or .csv file."
+        ) from error
+    return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
 
 
 def normalise_columns(ds: Dataset, column_map: dict | None = None, source_name: str = "dataset") -> Dataset:

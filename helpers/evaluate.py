@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from helpers.data import score_any, score_replies
+from helpers.data import REPLY_FIELDS, TASK_ACCURACY, score_any, score_replies
 from helpers.models import CHAT_TEMPLATE_KWARGS, stop_token_ids
 
 
@@ -160,3 +160,11 @@ def with_interval(rate: float, n: int) -> str:
     """A rate with its 95% Wilson interval, e.g. '80.0% (95% interval 75.1% to 84.1%, n=300)'."""
     low, high = wilson_interval(rate, n)
     return f"{rate:.1%} (95% interval {low:.1%} to {high:.1%}, n={n})"
+
+
+def score_line(scores: dict) -> str:
+    """reply_scores' scores in one line: task accuracy with its interval and each field, or chrF."""
+    if scores["metric"] == TASK_ACCURACY:
+        fields = ", ".join(f"{key} {scores[key]:.0%}" for key in REPLY_FIELDS)
+        return f"task accuracy (all three fields exact) {with_interval(scores['accuracy'], scores['n'])}; per field: {fields}"
+    return f"chrF {scores['chrF']:.1f} of 100 (character n-grams shared with the reference), n={scores['n']}"

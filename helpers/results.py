@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from helpers.data import REPLY_FIELDS, TASK_ACCURACY, headline
+
 # Every results file has these keys. save_results() sets created_at itself.
 RESULT_KEYS = (
     "method",  # "full", "lora" or "qlora"
@@ -92,6 +94,16 @@ def save_results(path: str | Path, **fields: object) -> Path:
             f"save_results({str(path)!r}) is missing {', '.join(missing)}: pass them as keyword arguments."
         )
     return write_json_atomic(path, fields)
+
+
+def score_fields(before: dict, after: dict) -> dict:
+    """The results file's test-score keys from reply_scores' scores before and after training."""
+    fields = {"metric": after["metric"], "accuracy_before": headline(before), "accuracy_after": headline(after),
+              "test_examples": after["n"]}
+    if after["metric"] == TASK_ACCURACY:
+        fields["accuracy_by_field_before"] = {key: before[key] for key in REPLY_FIELDS}
+        fields["accuracy_by_field_after"] = {key: after[key] for key in REPLY_FIELDS}
+    return fields
 
 
 def load_results(path: str | Path, produced_by: str | None = None) -> dict:

@@ -440,14 +440,15 @@ def main(argv: list[str] | None = None) -> int:
     if cuda and rows:
         # The first training in a process pays for CUDA's lazy start (kernels loaded, cuBLAS handles, bitsandbytes'
         # library): measured on the H200, a first QLoRA row ran at 11,905 tokens/s and the same row later at 18,480.
-        # So a few steps of the first row run first and are thrown away. Not enough yet: after these 3 steps the first
-        # row (QLoRA naive) still measured 12,083 tokens/s, and 16,712 when run again later (--only ... --merge).
+        # Three thrown-away steps were not enough: after them the first row (QLoRA naive) still measured 12,083
+        # tokens/s, and 16,712 when run again later (--only ... --merge). Each new batch shape costs the allocator and
+        # the kernels' heuristics their first call, so the whole first row now runs once, unmeasured, before the rows.
         method, _, knobs = rows[0]
-        warm = argparse.Namespace(**{**vars(args), "steps": 3, "warmup": 1, "eval_examples": 8})
+        warm = argparse.Namespace(**{**vars(args), "warmup": 1, "eval_examples": 8})
         with tempfile.TemporaryDirectory() as scratch:
             scratch = Path(scratch)
             failed = in_process_row(method, knobs, warm, scratch / "warm.json", scratch / "warm.log")
-        print(f"warm-up: 3 steps of {method} {rows[0][1]} {'failed' if failed else 'done'} (not measured), "
+        print(f"warm-up: {args.steps} steps of {method} {rows[0][1]} {'failed' if failed else 'done'} (not measured), "
               f"{time.perf_counter() - started:.0f} s", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         for i, (method, name, knobs) in enumerate(rows, 1):

@@ -13,7 +13,8 @@ Same data, model loading, LoraConfig / BitsAndBytesConfig and SFTConfig settings
 split across the processes, so one GPU and four train the same recipe on the same examples in each step.
 Checkpoints go to <output-dir>/checkpoints (an interrupted run resumes from the newest complete one); the trained model
 or adapter and the tokenizer go to <output-dir>/final, written by the first process only, whole or not at all. Profiles
-and environment variables as in the notebooks (COURSE_PROFILE, COURSE_MODEL_ID, COURSE_PRECISION).
+and environment variables as in the notebooks (COURSE_PROFILE, COURSE_MODEL_ID, COURSE_PRECISION). Your own data, as
+the notebooks' DATA: --data my.jsonl (or .json, .csv, a hub dataset id; --column-map for other column names).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -34,8 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from helpers.artifacts import atomic_dir, shown  # noqa: E402
-from helpers.data import batches_of_similar_length, check_lengths, load_support, to_conversational  # noqa: E402
-from helpers.evaluate import eval_loss, task_accuracy, with_interval  # noqa: E402
+from helpers.data import batches_of_similar_length, check_lengths, load_dataset_any, to_conversational  # noqa: E402
+from helpers.evaluate import eval_loss, reply_scores, score_line  # noqa: E402
 from helpers.guards import (  # noqa: E402
     StopOnNonFiniteLoss,
     check_report_to,
@@ -102,9 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", choices=sorted(LEARNING_RATES), required=True)
     parser.add_argument("--profile", default="auto", help="auto, llama-3.2-1b, tiny or llama-3.2-1b-random")
     parser.add_argument("--model-id", default=None, help="hub id for the llama-3.2-1b profile")
+    parser.add_argument("--data", default="support", help="support, a .jsonl/.json/.csv file or a hub dataset id")
+    parser.add_argument(
+        "--column-map", type=json.loads, default=None, help='your column names, e.g. \'{"prompt": "question", "completion": "answer"}\''
+    )
     parser.add_argument("--train-examples", type=int, default=2000)
     parser.add_argument("--eval-examples", type=int, default=200)
-    parser.add_argument("--test-examples", type=int, default=300, help="task accuracy after training (0: skip)")
+    parser.add_argument("--test-examples", type=int, default=300, help="test replies scored after training (0: skip)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--global-batch", type=int, default=8, help="examples per optimizer step, over all processes")
     parser.add_argument("--learning-rate", type=float, default=None, help="default: the notebook's for the method")
@@ -140,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(args.method, choice.path, precision.torch_dtype, device, args.seed)
     check_special_tokens(model, tokenizer)
     sizes = {"train": args.train_examples, "validation": args.eval_examples, "test": args.test_examples}
-    dataset = to_conversational(load_support({k: n for k, n in sizes.items() if n}), chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
+    raw = load_dataset_any(args.data, args.column_map, {k: n for k, n in sizes.items() if n})  # as the notebooks' DATA
+    dataset = to_conversational(raw, chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
     check_lengths(dataset["train"], tokenizer, args.max_length)
     train_data = dataset["train"]
     if args.sampling == "similar_length":  # as the notebooks: batches of similar length, in random order
@@ -199,8 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     loss = eval_loss(model, tokenizer, dataset["validation"])
     print(f"eval loss {loss['eval_loss']:.3f} on {len(dataset['validation'])} validation examples")
     if args.test_examples:
-        scores, _ = task_accuracy(model, tokenizer, dataset["test"])
-        print(f"accuracy {with_interval(scores['accuracy'], len(dataset['test']))}")
+        scores, _ = reply_scores(model, tokenizer, dataset["test"])  # task accuracy, or chrF on other data
+        print(score_line(scores))
     print(f"saved {shown(output_dir / 'final')}")
 
 

@@ -548,3 +548,21 @@ def test_score_any_uses_task_accuracy_only_when_every_reference_has_the_header_l
     assert hd.headline(scores) == 1.0
     mixed = hd.score_any(["Bonjour", "Blue"], ["Bonjour", support[0]])  # one reference without the header lines
     assert mixed["metric"] == "chrF" and mixed["n"] == 2 and hd.headline(mixed) == mixed["chrF"]
+
+
+def test_split_sizes_take_at_most_what_your_data_has(tmp_path):
+    path = write_jsonl(tmp_path / "qa.jsonl", qa_rows(30))  # 3 rows split off for test, 3 for validation
+    dd = hd.load_dataset_any(str(path), split_sizes={"train": 2000, "validation": 2, "test": 300})
+    assert [len(dd[s]) for s in SPLIT_NAMES] == [24, 2, 3]
+    with pytest.raises(ValueError, match=r"asks for 5000 rows of 'train', but it has only 3000"):
+        hd.load_dataset_any("support", split_sizes={"train": 5000})  # the course's data: exact sizes
+
+
+def test_a_hub_dataset_that_cannot_be_loaded_names_the_fix(monkeypatch):
+    def offline(source):
+        raise ConnectionError("Couldn't reach 'someone/faq' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(hd.datasets, "load_dataset", offline)
+    with pytest.raises(ValueError, match=r"Could not load 'someone/faq' from the Hugging Face Hub \(ConnectionError: "
+                                         r"Couldn't reach.*`hf auth login`.*local \.jsonl, \.json or \.csv file"):
+        hd.load_dataset_any("someone/faq")

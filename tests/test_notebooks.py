@@ -101,8 +101,8 @@ def test_committed_results_come_from_the_committed_notebook(name):
     from helpers.evaluate import with_interval
 
     n = results["test_examples"]
-    assert f"accuracy {with_interval(results['accuracy_before'], n)}" in summary
-    assert f"-> {with_interval(results['accuracy_after'], n)}" in summary
+    assert f"before: task accuracy (all three fields exact) {with_interval(results['accuracy_before'], n)}" in summary
+    assert f"after:  task accuracy (all three fields exact) {with_interval(results['accuracy_after'], n)}" in summary
     assert f"Profile {results['profile']} on {results['device']}" in summary
 
 

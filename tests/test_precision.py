@@ -42,7 +42,7 @@ def notebook_namespace(tmp_path: Path, precision: Precision, memory_bytes: int =
     return {
         "precision": precision, "hardware": hardware, "profile": "tiny", "choice": SimpleNamespace(path=str(TINY_MODEL_DIR)),
         "SEED": 42, "MAX_LENGTH": 256, "TRAIN_EXAMPLES": 8, "EVAL_EXAMPLES": 4, "TEST_EXAMPLES": 2,
-        "REPORT_TO": "none", "output_dir": tmp_path, "os": os,
+        "REPORT_TO": "none", "output_dir": tmp_path, "os": os, "DATA": "support", "COLUMN_MAP": None,
         "tokenize_with_mask": tokenize_with_mask,  # imported by a section 3 cell these tests skip
     }
 
@@ -53,7 +53,7 @@ def stepped_dtypes(trainer) -> set[torch.dtype]:
     return {p.dtype for group in optimizer.param_groups for p in group["params"]}
 
 
-QLORA_CELLS = ["bnb_config = BitsAndBytesConfig(", "raw = load_support(", "model = prepare_model_for_kbit_training(",
+QLORA_CELLS = ["bnb_config = BitsAndBytesConfig(", "raw = load_dataset_any(", "model = prepare_model_for_kbit_training(",
                "lora_config = LoraConfig(", "trainer = SFTTrainer("]
 
 
@@ -67,13 +67,13 @@ def test_qlora_adapters_are_stepped_in_a_dtype_the_regime_can_train(tmp_path, re
 
 @pytest.mark.parametrize("regime", REGIMES)
 def test_lora_adapters_are_stepped_in_float32(tmp_path, regime):
-    cells = ["model = AutoModelForCausalLM.from_pretrained(", "raw = load_support(", "lora_config = LoraConfig(",
+    cells = ["model = AutoModelForCausalLM.from_pretrained(", "raw = load_dataset_any(", "lora_config = LoraConfig(",
              "trainer = SFTTrainer("]
     ns = run_cells("02_lora.ipynb", cells, notebook_namespace(tmp_path, REGIMES[regime]))
     assert stepped_dtypes(ns["trainer"]) == {torch.float32}
 
 
-FULL_CELLS = ["tracker = MemoryTracker(", "raw = load_support(", "rows = [tokenize_with_mask(",
+FULL_CELLS = ["tracker = MemoryTracker(", "raw = load_dataset_any(", "rows = [tokenize_with_mask(",
               "trainable, total = count_parameters(model)\nprint(f\"trainable:", "plans = [", "trainer = SFTTrainer("]
 
 
@@ -132,7 +132,7 @@ def test_full_fine_tuning_falls_back_to_pure_bf16_only_when_nothing_else_fits(tm
     [
         ("01_full_finetuning.ipynb", [*FULL_CELLS, "train_output = trainer.train(", "model_dir = output_dir / \"full-model\"",
                                       "reloaded = AutoModelForCausalLM.from_pretrained(model_dir"]),
-        ("02_lora.ipynb", ["model = AutoModelForCausalLM.from_pretrained(", "raw = load_support(", "lora_config = LoraConfig(",
+        ("02_lora.ipynb", ["model = AutoModelForCausalLM.from_pretrained(", "raw = load_dataset_any(", "lora_config = LoraConfig(",
                            "trainer = SFTTrainer(", "train_output = trainer.train(", "adapter_dir = output_dir / \"lora-adapter\"",
                            "reloaded = PeftModel.from_pretrained(fresh_base"]),
     ],
