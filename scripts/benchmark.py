@@ -44,12 +44,18 @@ NAIVE = {  # TRL's SFTConfig defaults and PEFT's usual LoraConfig
     "batch": 8,
     "accumulation": 1,
     "upcast": True,  # QLoRA: prepare_model_for_kbit_training casts the embedding and norms to float32
+    "labelled_head": False,  # True: on a CPU too, TRL's LM head scores only the labelled positions, as it does on CUDA
     "seed": 42,  # data order, initialisation; "naive, seed 43" shows how much a row moves from the seed alone
 }
 COURSE = {**NAIVE, "gradient_checkpointing": False, "lora_dropout": 0.0, "sampling": "similar_length"}
 
 # Unsloth's Llama 3.2 1B notebook: r=16 on all linear layers, batch 1 x 8, gradient checkpointing
 UNSLOTH = {**COURSE, "gradient_checkpointing": True, "batch": 1, "accumulation": 8}
+
+# On a CPU, TRL 1.16 projects every position through the LM head, prompt and padding included, because on devices
+# without Triton it keeps the tiles' shapes fixed (trl/trainer/utils.py, add_fused_lm_head); on CUDA it scores only the
+# labelled positions. This row patches TRL to do on the CPU what it does on CUDA; the course itself does not patch TRL.
+HEAD_ROW = ("course, LM head on labelled positions only (TRL patched)", {**COURSE, "labelled_head": True})
 
 # (row name, what changes from the row before or from "course")
 CPU_ROWS = {
@@ -59,6 +65,7 @@ CPU_ROWS = {
         ("no gradient checkpointing", {"gradient_checkpointing": False}),
         ("+ transformers' group_by_length", {"gradient_checkpointing": False, "sampling": "group_by_length"}),
         ("course", COURSE),
+        HEAD_ROW,
     ],
     "lora": [
         ("naive", {}),
@@ -67,6 +74,7 @@ CPU_ROWS = {
         ("+ lora_dropout 0", {"gradient_checkpointing": False, "lora_dropout": 0.0}),
         ("+ transformers' group_by_length", {**COURSE, "sampling": "group_by_length"}),
         ("course", COURSE),
+        HEAD_ROW,
         ("course, padding-free instead of grouping", {**COURSE, "sampling": "random", "padding_free": True}),
     ],
     "qlora": [
@@ -75,6 +83,7 @@ CPU_ROWS = {
         ("no gradient checkpointing", {"gradient_checkpointing": False}),
         ("+ lora_dropout 0", {"gradient_checkpointing": False, "lora_dropout": 0.0}),
         ("course", COURSE),
+        HEAD_ROW,
     ],
 }
 GPU_ROWS = {  # fewer rows than on a CPU (a lent GPU gives minutes), plus what only a GPU runs or gains from
@@ -196,6 +205,8 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     if sampling == "similar_length":
         train, sampling = batches_of_similar_length(train, tokenizer, knobs["batch"], knobs["seed"]), "sequential"
 
+    if knobs["labelled_head"]:  # this row's process only (each CPU row runs in its own)
+        score_labelled_positions_only()
     device = 0 if hardware.device_type == "cuda" else "cpu"
     model = load_model(
         method, choice.path, precision.torch_dtype, device, knobs["seed"],
@@ -267,6 +278,13 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
         "gpu": torch.cuda.get_device_name(0) if hardware.device_type == "cuda" else None,
     }
     return {**row, "estimate": row_estimate(row, precision.bf16) if profile != "tiny" else None}
+
+
+def score_labelled_positions_only() -> None:
+    """Make TRL's fused LM head score only the positions with a label on every device, as it does on CUDA."""
+    import trl.trainer.utils
+
+    trl.trainer.utils._use_triton = lambda device: True  # read only by add_fused_lm_head's "compact" choice
 
 
 def row_estimate(row: dict, bf16: bool) -> dict[str, int]:

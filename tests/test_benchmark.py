@@ -104,3 +104,44 @@ def test_benchmark_table_reports_a_failed_row():
     rows = benchmark_rows(run)
     assert rows[1]["tokens/s"] == "failed: OutOfMemoryError: CUDA"
     assert benchmark_findings(run) == []  # no course row measured: no claim
+
+
+def test_scoring_only_labelled_positions_gives_the_same_loss_and_gradients(train_split, tokenizer, monkeypatch):
+    """The benchmark's "LM head on labelled positions only" row computes what TRL's CPU path does, with less work."""
+    import trl.trainer.utils
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import benchmark
+
+    examples = [tokenize_with_mask(tokenizer, train_split[i]) for i in range(4)]
+    longest = max(len(ids) for ids, _ in examples)
+    ids = torch.tensor([i + [tokenizer.pad_token_id] * (longest - len(i)) for i, _ in examples])
+    labels = torch.tensor([lab + [-100] * (longest - len(lab)) for _, lab in examples])
+    assert (labels == -100).float().mean() > 0.3  # prompts and padding: what the patched head leaves out
+
+    def loss_and_grad():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(TINY, dtype=torch.float32)
+        trl.trainer.utils.add_fused_lm_head(model)
+        loss = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(), labels=labels,
+                     fused_lm_head=True).loss
+        loss.backward()
+        return loss.item(), model.get_output_embeddings().weight.grad.clone()
+
+    projected = []  # how many positions each forward sends through the LM head
+    head = trl.trainer.utils._ChunkedLogProbFunction
+
+    class CountingHead:
+        @staticmethod
+        def apply(hidden_states, *rest):
+            projected.append(hidden_states.shape[0])
+            return head.apply(hidden_states, *rest)
+
+    monkeypatch.setattr(trl.trainer.utils, "_ChunkedLogProbFunction", CountingHead)
+    monkeypatch.setattr(trl.trainer.utils, "_use_triton", trl.trainer.utils._use_triton)  # restored after the test
+    every_position = loss_and_grad()
+    benchmark.score_labelled_positions_only()
+    labelled_only = loss_and_grad()
+    assert projected == [4 * (longest - 1), int((labels[:, 1:] != -100).sum())]
+    assert abs(every_position[0] - labelled_only[0]) < 1e-5
+    assert torch.allclose(every_position[1], labelled_only[1], atol=1e-6)
