@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=15 tests notebooks
 
 # The course's training recipe against the pipeline a learner would copy, one knob at a time (tiny profile, every
-# row in its own process) -> results/benchmark.json, which notebook 4 shows. About 3 minutes on 2 CPU cores.
+# row in its own process) -> results/benchmark.json, which notebook 4 shows. About 4.5 minutes on 2 CPU cores.
 bench: $(STAMP)
 	TQDM_DISABLE=1 $(PY) scripts/benchmark.py
 
