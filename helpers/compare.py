@@ -112,7 +112,7 @@ UNSLOTH_PEAK_RESERVED = "2.16 GiB on an A10G"
 
 
 def benchmark_rows(run: dict) -> list[dict]:
-    """One run of scripts/benchmark.py as table rows: each row's speed against its method's naive row."""
+    """One run of scripts/benchmark.py as table rows: each row's speed against its method's naive row; no empty columns."""
     naive = {r["method"]: r for r in run["rows"] if r["row"] == "naive" and "error" not in r}
     rows = []
     for r in run["rows"]:
@@ -136,7 +136,8 @@ def benchmark_rows(run: dict) -> list[dict]:
                 "eval loss": f"{r['eval_loss']:.3f}",
             }
         )
-    return rows
+    empty = [key for key in rows[0] if all(row.get(key, "") == "" for row in rows)] if rows else []
+    return [{key: value for key, value in row.items() if key not in empty} for row in rows]  # e.g. CUDA's on a CPU
 
 
 def benchmark_findings(run: dict) -> list[str]:

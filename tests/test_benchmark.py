@@ -104,6 +104,9 @@ def test_benchmark_table_reports_a_failed_row():
     rows = benchmark_rows(run)
     assert rows[1]["tokens/s"] == "failed: OutOfMemoryError: CUDA"
     assert benchmark_findings(run) == []  # no course row measured: no claim
+    assert "reserved (CUDA)" not in rows[0] and "estimate" not in rows[0]  # nothing to show on a CPU: no column
+    on_cuda = {**ok, "peak_memory": {"peak_bytes": 2**30, "peak_reserved_bytes": 2**31}}
+    assert benchmark_rows({"rows": [on_cuda]})[0]["reserved (CUDA)"] == "2.00 GiB"
 
 
 def test_scoring_only_labelled_positions_gives_the_same_loss_and_gradients(train_split, tokenizer, monkeypatch):
