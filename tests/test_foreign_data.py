@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -14,6 +13,7 @@ import test_compare
 import test_gpu_check
 import test_models
 import test_precision
+from test_data import write_jsonl
 
 from helpers.compare import comparison_rows, load_all
 from helpers.data import headline, load_dataset_any, to_conversational
@@ -23,7 +23,6 @@ from helpers.models import CHAT_TEMPLATE_KWARGS
 # the tiny model and its tokenizer, and the results and notebooks folders, as in those modules
 model, tokenizer, dirs = test_models.model, test_models.tokenizer, test_compare.dirs
 
-ROOT = Path(__file__).resolve().parent.parent
 PETS = [("cat", "grey", "Misty"), ("dog", "brown", "Biscuit"), ("parrot", "green", "Kiwi"),
         ("rabbit", "white", "Snowball"), ("goldfish", "orange", "Sunny"), ("hamster", "golden", "Nugget")]
 SUMS = [(2, 3), (10, 7), (41, 1), (6, 6), (9, 0), (12, 30)]
@@ -39,8 +38,7 @@ def alpaca_rows() -> list[dict]:
 
 
 def test_an_alpaca_file_is_scored_with_chrf_and_compared_as_chrf(model, tokenizer, dirs, tmp_path):
-    path = tmp_path / "pets.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in alpaca_rows()), encoding="utf-8")
+    path = write_jsonl(tmp_path / "pets.jsonl", alpaca_rows())
     dataset = to_conversational(load_dataset_any(str(path)), chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
     scores, replies = reply_scores(model, tokenizer, dataset["train"], max_new_tokens=8)  # no ValueError
     assert scores["metric"] == "chrF" and scores["n"] == len(replies) == len(dataset["train"]) == 10
@@ -73,14 +71,10 @@ def test_results_scored_with_different_metrics_are_not_compared(dirs):
 def run_notebook_2(tmp_path: Path, data: Path) -> tuple[subprocess.CompletedProcess, dict, nbformat.NotebookNode]:
     """Notebook 2 under the smoke budget in the tiny profile with COURSE_DATA=data: (process, summary, executed copy)."""
     out, summary = tmp_path / "out", tmp_path / "summary.json"
-    env = test_gpu_check.clean_env(
-        COURSE_PROFILE="tiny", COURSE_SMOKE="1", COURSE_DATA=str(data), TQDM_DISABLE="1",
+    done = test_gpu_check.run_course(
+        "--out", str(out), "--summary", str(summary), "--no-compare", str(test_gpu_check.ROOT / "notebooks" / "02_lora.ipynb"),
+        cwd=test_gpu_check.ROOT, COURSE_PROFILE="tiny", COURSE_SMOKE="1", COURSE_DATA=str(data), TQDM_DISABLE="1",
         COURSE_RESULTS_DIR=str(tmp_path / "results"), COURSE_OUTPUT_DIR=str(tmp_path / "outputs"),
-    )
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "run_course.py"), "--out", str(out), "--summary", str(summary),
-         "--no-compare", str(ROOT / "notebooks" / "02_lora.ipynb")],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     return done, json.loads(summary.read_text()), nbformat.read(out / "02_lora.ipynb", as_version=4)
 
@@ -94,8 +88,7 @@ def cell_text(nb: nbformat.NotebookNode, needle: str) -> str:
 def test_notebook_2_trains_on_an_alpaca_file_to_the_end(tmp_path):
     rows = alpaca_rows() + [{"instruction": "Add the numbers.", "input": f"{a} + {a + 1}", "output": str(2 * a + 1)}
                             for a in range(20, 38)]  # 30 rows: 3 are split off for validation, 3 for test
-    path = tmp_path / "pets.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    path = write_jsonl(tmp_path / "pets.jsonl", rows)
     done, summary, nb = run_notebook_2(tmp_path, path)
     assert done.returncode == 0 and summary["ok"], done.stdout[-3000:] + done.stderr[-3000:]
     assert f"{path} {{'train': 4, 'validation': 3, 'test': 2}}" in cell_text(nb, "raw = load_dataset_any(")
@@ -112,8 +105,7 @@ def test_bad_data_stops_at_the_notebooks_data_cell_with_the_loaders_error(tokeni
     """The data cell itself (run here without a kernel) raises the loader's error, before any model sees the data."""
     rows = alpaca_rows()
     rows[3]["output"] = "   "  # a blank reply: nothing to learn from
-    path = tmp_path / "bad.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
     namespace = {"DATA": str(path), "COLUMN_MAP": None, "TRAIN_EXAMPLES": 8, "EVAL_EXAMPLES": 4, "TEST_EXAMPLES": 2,
                  "MAX_LENGTH": 256, "tokenizer": tokenizer}
     with pytest.raises(ValueError, match=re.escape(f"{path}: 'completion' is empty or only whitespace in 1 row(s), "

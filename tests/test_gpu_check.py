@@ -264,10 +264,10 @@ def test_runs_past_the_deadline_are_skipped(tmp_path, monkeypatch):
     assert check.report() is False
 
 
-def run_course(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_course(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(SCRIPTS / "run_course.py"), *args],
-        env=clean_env(),
+        env=clean_env(**env),
         cwd=cwd,
         capture_output=True,
         text=True,
