@@ -249,8 +249,14 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     tracker = MemoryTracker(hardware.device_type)
+    if args.memory_snapshot:  # every CUDA allocation and free from here, with the Python lines that asked for it
+        torch.cuda.memory._record_memory_history(context="alloc", stacks="python", max_entries=SNAPSHOT_ENTRIES)
     with tracker.phase("train"):
         output = trainer.train()
+    breakdown = None
+    if args.memory_snapshot:
+        breakdown = peak_breakdown(torch.cuda.memory._snapshot(), SNAPSHOT_ENTRIES)
+        torch.cuda.memory._record_memory_history(enabled=None)
     peak = tracker.results["train"]
     model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -266,6 +272,7 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
         "train_seconds": speed["train_seconds"],
         "peak_memory": {
             "measured": peak["measured"],
+            "start_bytes": peak["start_bytes"],  # allocated (CUDA) or resident (CPU) when training began
             "peak_bytes": peak["peak_bytes"],
             **({"peak_reserved_bytes": peak["peak_reserved_bytes"]} if "peak_reserved_bytes" in peak else {}),
         },
@@ -277,7 +284,53 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
         "eval_loss": eval_loss(model, tokenizer, dataset["validation"])["eval_loss"],
         "gpu": torch.cuda.get_device_name(0) if hardware.device_type == "cuda" else None,
     }
+    if breakdown is not None:
+        row["peak_breakdown"] = breakdown
     return {**row, "estimate": row_estimate(row, precision.bf16) if profile != "tiny" else None}
+
+
+SNAPSHOT_ENTRIES = 2_000_000  # allocation events kept by --memory-snapshot (a ring: older ones are dropped)
+
+
+def allocation_site(frames: list[dict]) -> str:
+    """The two innermost Python frames outside torch that led to an allocation, as 'file:line function'."""
+    outside = [f for f in frames if "/torch/" not in f["filename"]][:2]
+    if not outside:
+        return "(no Python frame outside torch: autograd's backward, or torch itself)"
+    return " < ".join(f"{f['filename'].rsplit('site-packages/', 1)[-1]}:{f['line']} {f['name']}" for f in outside)
+
+
+def peak_breakdown(snapshot: dict, max_entries: int, top: int = 15) -> dict:
+    """The allocations live at the peak of a CUDA memory snapshot's trace, summed by the code that made them.
+
+    The trace starts when recording did (torch.cuda.memory._record_memory_history): what was allocated before (the
+    weights) is not in it, so rise_bytes is how far the peak rose above that.
+    """
+    trace = [event for device in snapshot["device_traces"] for event in device]
+    total, rise, peak_at = 0, 0, -1
+    for i, event in enumerate(trace):
+        total += {"alloc": event["size"], "free_completed": -event["size"]}.get(event["action"], 0)
+        if total > rise:
+            rise, peak_at = total, i
+    live = {}
+    for event in trace[: peak_at + 1]:
+        if event["action"] == "alloc":
+            live[event["addr"]] = event
+        elif event["action"] == "free_completed":
+            live.pop(event["addr"], None)
+    sites: dict[str, list[int]] = {}
+    for event in live.values():
+        site = sites.setdefault(allocation_site(event.get("frames", [])), [0, 0])
+        site[0] += event["size"]
+        site[1] += 1
+    ranked = sorted(sites.items(), key=lambda item: -item[1][0])
+    return {
+        "rise_bytes": rise,
+        "events": len(trace),
+        "truncated": len(trace) >= max_entries,  # the ring dropped the first events: the rise is not reliable
+        "sites": [{"site": site, "bytes": size, "allocations": n} for site, (size, n) in ranked[:top]],
+        "other_bytes": sum(size for _, (size, _) in ranked[top:]),
+    }
 
 
 def score_labelled_positions_only() -> None:
@@ -364,6 +417,12 @@ def reestimate(out: Path) -> int:
     return 0
 
 
+def allocator_setting() -> list[str]:
+    """PYTORCH_CUDA_ALLOC_CONF=... when it is set: it changes the reserved memory CUDA rows measure."""
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+    return [f"PYTORCH_CUDA_ALLOC_CONF={conf}"] if conf else []
+
+
 def run_key(args: argparse.Namespace, hardware) -> str:
     """Where a run goes in the results file: its profile and device (a new run replaces the one there)."""
     where = hardware.name if hardware.device_type == "cuda" else "cpu"
@@ -383,7 +442,7 @@ def write_run(
         "precision": hardware.precision.name,
         "versions": package_versions(),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "command": shlex.join(["python", "scripts/benchmark.py", *without_out(argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join([*allocator_setting(), "python", "scripts/benchmark.py", *without_out(argv if argv is not None else sys.argv[1:])]),
         "naive": NAIVE,
         "course": COURSE,
         "rows": rows,
@@ -422,6 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reestimate", action="store_true", help="recompute the stored rows' memory estimates (after the estimator changed)"
     )
+    parser.add_argument(
+        "--memory-snapshot", action="store_true",
+        help="CUDA: record every allocation while training; each row gets peak_breakdown (what was live at its peak, "
+        "by line of code). Recording slows training: write these rows to their own --out",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmark.json")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -445,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     # libraries imported (a fresh process takes 12 s here). On CUDA the rows share this process: the allocator's peak
     # counters are reset for each row, and its cache emptied.
     cuda = torch.cuda.is_available()
+    if args.memory_snapshot and not cuda:
+        parser.error("--memory-snapshot records CUDA allocations: run it on a machine with a CUDA GPU.")
     hardware = detect_hardware()
     print(f"{len(rows)} rows, {args.steps} steps each, profile {args.profile}, on {hardware.describe()}", flush=True)
     import peft  # noqa: F401  imported before forking (peft alone takes 10 s to import here)
@@ -462,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         # tokens/s, and 16,712 when run again later (--only ... --merge). Each new batch shape costs the allocator and
         # the kernels' heuristics their first call, so the whole first row now runs once, unmeasured, before the rows.
         method, _, knobs = rows[0]
-        warm = argparse.Namespace(**{**vars(args), "warmup": 1, "eval_examples": 8})
+        warm = argparse.Namespace(**{**vars(args), "warmup": 1, "eval_examples": 8, "memory_snapshot": False})
         with tempfile.TemporaryDirectory() as scratch:
             scratch = Path(scratch)
             failed = in_process_row(method, knobs, warm, scratch / "warm.json", scratch / "warm.log")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,81 @@ def test_scoring_only_labelled_positions_gives_the_same_loss_and_gradients(train
     assert projected == [4 * (longest - 1), int((labels[:, 1:] != -100).sum())]
     assert abs(every_position[0] - labelled_only[0]) < 1e-5
     assert torch.allclose(every_position[1], labelled_only[1], atol=1e-6)
+
+
+def test_memory_snapshot_breakdown_sums_what_is_live_at_the_peak():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import benchmark
+
+    def frame(path, line, name):
+        return {"filename": path, "line": line, "name": name}
+
+    linear = frame("/x/site-packages/torch/nn/modules/linear.py", 125, "forward")
+    llama = frame("/x/site-packages/transformers/models/llama/modeling_llama.py", 200, "forward")
+    lora = frame("/x/site-packages/peft/tuners/lora/bnb.py", 500, "forward")
+    trace = [
+        {"action": "alloc", "addr": 1, "size": 100, "frames": [linear, llama]},
+        {"action": "alloc", "addr": 2, "size": 50, "frames": [linear]},  # torch only: autograd's backward
+        {"action": "free_requested", "addr": 1, "size": 100, "frames": []},
+        {"action": "free_completed", "addr": 1, "size": 100, "frames": []},
+        {"action": "alloc", "addr": 3, "size": 200, "frames": [linear, lora, llama]},
+        {"action": "alloc", "addr": 4, "size": 30, "frames": [lora, llama]},  # the peak: 50 + 200 + 30
+        {"action": "free_completed", "addr": 3, "size": 200, "frames": []},
+        {"action": "free_completed", "addr": 9, "size": 10, "frames": []},  # allocated before recording began
+        {"action": "alloc", "addr": 5, "size": 60, "frames": [llama]},
+    ]
+    breakdown = benchmark.peak_breakdown({"device_traces": [trace], "segments": []}, max_entries=100, top=1)
+    assert breakdown["rise_bytes"] == 280 and breakdown["events"] == 9 and not breakdown["truncated"]
+    assert breakdown["sites"] == [{
+        "site": "peft/tuners/lora/bnb.py:500 forward < transformers/models/llama/modeling_llama.py:200 forward",
+        "bytes": 230, "allocations": 2,
+    }]
+    assert breakdown["other_bytes"] == 50  # the allocation with no frame outside torch
+    assert benchmark.allocation_site([linear]).startswith("(no Python frame outside torch")
+    assert benchmark.peak_breakdown({"device_traces": [trace]}, max_entries=9)["truncated"]
+
+
+def test_memory_snapshot_needs_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--memory-snapshot", "--out", str(tmp_path / "b.json")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert done.returncode == 2 and "run it on a machine with a CUDA GPU" in done.stderr
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_gpu_bench_script_names_rows_the_gpu_plan_has():
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_bench.sh"), "--dry-run"], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    runs = [line for line in done.stdout.splitlines() if line.startswith("RUN ")]
+    assert len(runs) == 2 and "--memory-snapshot" in runs[1] and "--merge" in runs[0]
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import benchmark
+
+    planned = {f"{method}:{name}" for method, name, _ in benchmark.plan("gpu", ["full", "lora", "qlora"])}
+    for run in runs:
+        only = shlex.split(run)[shlex.split(run).index("--only") + 1]
+        assert only.split(";") and set(only.split(";")) <= planned, only
+
+
+def test_a_row_with_memory_snapshot_records_while_training_and_stops_after(monkeypatch):
+    """The CUDA-only wiring of --memory-snapshot, with torch's recorder stood in for (this machine has no CUDA)."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import benchmark
+
+    calls = []
+    alloc = {"action": "alloc", "addr": 1, "size": 64, "frames": []}
+    monkeypatch.setattr(torch.cuda.memory, "_record_memory_history", lambda *a, **k: calls.append(("record", k)))
+    monkeypatch.setattr(torch.cuda.memory, "_snapshot", lambda: calls.append(("snapshot",)) or {"device_traces": [[alloc]]})
+    args = argparse.Namespace(profile="tiny", steps=2, warmup=1, eval_examples=8, long=False, max_length=256,
+                              memory_snapshot=True)
+    row = benchmark.run_row("lora", {**benchmark.NAIVE, **benchmark.COURSE}, args)
+    assert [c[0] for c in calls] == ["record", "snapshot", "record"]
+    assert calls[0][1]["max_entries"] == benchmark.SNAPSHOT_ENTRIES and calls[2][1] == {"enabled": None}
+    assert row["peak_breakdown"]["rise_bytes"] == 64 and row["peak_breakdown"]["sites"][0]["allocations"] == 1
+    assert 0 < row["peak_memory"]["start_bytes"] <= row["peak_memory"]["peak_bytes"]

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU benchmark rows issue 14 still needs, as one device call (about 4 minutes on the H200, start not counted).
+#
+#     bash scripts/gpu_bench.sh [--dry-run]
+#
+# On the lent GPU machine (no network): first `bash scripts/gpu_wheels.sh` here, then have the device tool run
+# `bash scripts/gpu_bench.sh` with carry [".whl"] and timeout_s 420. The wheels in .whl/ are installed into /tmp/site
+# and put on PYTHONPATH, as scripts/gpu_check.sh does. Two benchmark runs, in the llama-3.2-1b-random profile on
+# conversations up to 2048 tokens:
+#   1. QLoRA naive, course, and course without prepare_model_for_kbit_training's float32 embedding and norms, merged
+#      into the GPU run of benchmark.json (is the course 1.5x naive, and is the upcast what holds it back?);
+#   2. QLoRA at Unsloth's settings without the upcast, with expandable segments and --memory-snapshot, into
+#      memory-snapshot.json: its peak_breakdown says what the ~0.85 GiB above notebook 1's estimate is.
+# With $OUT set, benchmark.json (a copy of results/benchmark.json, updated), memory-snapshot.json and gpu_bench.log
+# go there; without it, results/. Copy benchmark.json back over results/benchmark.json and commit it.
+# Interpreter: $PYTHON, default python3. Exit status: 0 when both runs measured every row.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+PY=${PYTHON:-python3}
+DEST=${OUT:-results}
+SITE=${GPU_BENCH_SITE:-/tmp/site}
+COMMON=(--profile llama-3.2-1b-random --rows gpu --long --max-length 2048 --eval-examples 32)
+QLORA_ROWS='qlora:naive;qlora:course;qlora:course, embedding and norms in bf16'
+SNAPSHOT_ROW='qlora:unsloth settings, embedding and norms in bf16'
+
+if [ "${1:-}" = "--dry-run" ]; then
+    echo "WHEELS $(ls .whl/*.whl 2>/dev/null | wc -l) in .whl/ -> $SITE"
+    echo "RUN $PY scripts/benchmark.py ${COMMON[*]} --steps 16 --merge --budget-s 150 --only '$QLORA_ROWS' --out $DEST/benchmark.json"
+    echo "RUN PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True $PY scripts/benchmark.py ${COMMON[*]} --steps 4" \
+        "--memory-snapshot --only '$SNAPSHOT_ROW' --out $DEST/memory-snapshot.json"
+    exit 0
+fi
+
+mkdir -p "$DEST"
+exec > >(tee -a "$DEST/gpu_bench.log") 2>&1
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+        || { echo "wheel install FAILED: nothing measured"; exit 1; }
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export HF_HUB_OFFLINE=1 TQDM_DISABLE=1 COURSE_CACHE_DIR=${COURSE_CACHE_DIR:-/tmp/course-gpu/cache}
+if [ "$DEST" != results ]; then
+    cp results/benchmark.json "$DEST/benchmark.json"
+fi
+status=0
+"$PY" scripts/benchmark.py "${COMMON[@]}" --steps 16 --merge --budget-s 150 --only "$QLORA_ROWS" \
+    --out "$DEST/benchmark.json" || status=1
+PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "$PY" scripts/benchmark.py "${COMMON[@]}" --steps 4 \
+    --memory-snapshot --only "$SNAPSHOT_ROW" --out "$DEST/memory-snapshot.json" || status=1
+exit $status
