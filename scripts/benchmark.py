@@ -297,7 +297,15 @@ def allocation_site(frames: list[dict]) -> str:
     outside = [f for f in frames if "/torch/" not in f["filename"]][:2]
     if not outside:
         return "(no Python frame outside torch: autograd's backward, or torch itself)"
-    return " < ".join(f"{f['filename'].rsplit('site-packages/', 1)[-1]}:{f['line']} {f['name']}" for f in outside)
+    return " < ".join(f"{import_path(f['filename'])}:{f['line']} {f['name']}" for f in outside)
+
+
+def import_path(filename: str) -> str:
+    """A source file's path from the sys.path folder it was imported from (no machine path in the results)."""
+    for folder in sorted((p.rstrip("/") for p in sys.path if p), key=len, reverse=True):
+        if filename.startswith(folder + "/"):
+            return filename[len(folder) + 1 :]
+    return filename.rsplit("site-packages/", 1)[-1]
 
 
 def peak_breakdown(snapshot: dict, max_entries: int, top: int = 15) -> dict:
