@@ -184,14 +184,15 @@ def test_memory_snapshot_breakdown_sums_what_is_live_at_the_peak():
     assert benchmark.peak_breakdown({"device_traces": [trace]}, max_entries=9)["truncated"]
 
 
-def test_memory_snapshot_needs_cuda(tmp_path):
+def test_memory_snapshot_needs_cuda(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--memory-snapshot", "--out", str(tmp_path / "b.json")],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
-    )
-    assert done.returncode == 2 and "run it on a machine with a CUDA GPU" in done.stderr
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import benchmark
+
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main(["--memory-snapshot", "--out", str(tmp_path / "b.json")])
+    assert stop.value.code == 2 and "run it on a machine with a CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
 
 
