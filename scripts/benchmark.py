@@ -292,9 +292,9 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
 SNAPSHOT_ENTRIES = 2_000_000  # allocation events kept by --memory-snapshot (a ring: older ones are dropped)
 
 
-def allocation_site(frames: list[dict]) -> str:
-    """The two innermost Python frames outside torch that led to an allocation, as 'file:line function'."""
-    outside = [f for f in frames if "/torch/" not in f["filename"]][:2]
+def allocation_site(frames: list[dict], depth: int = 2) -> str:
+    """The innermost Python frames outside torch (depth of them) that led to an allocation, as 'file:line function'."""
+    outside = [f for f in frames if "/torch/" not in f["filename"]][:depth]
     if not outside:
         return "(no Python frame outside torch: autograd's backward, or torch itself)"
     return " < ".join(f"{import_path(f['filename'])}:{f['line']} {f['name']}" for f in outside)
@@ -338,6 +338,10 @@ def peak_breakdown(snapshot: dict, max_entries: int, top: int = 15) -> dict:
         "truncated": len(trace) >= max_entries,  # the ring dropped the first events: the rise is not reliable
         "sites": [{"site": site, "bytes": size, "allocations": n} for site, (size, n) in ranked[:top]],
         "other_bytes": sum(size for _, (size, _) in ranked[top:]),
+        "largest": [  # the single biggest allocations, with more of their stack
+            {"bytes": event["size"], "site": allocation_site(event.get("frames", []), depth=5)}
+            for event in sorted(live.values(), key=lambda event: -event["size"])[:5]
+        ],
     }
 
 

@@ -179,6 +179,7 @@ def test_memory_snapshot_breakdown_sums_what_is_live_at_the_peak():
         "bytes": 230, "allocations": 2,
     }]
     assert breakdown["other_bytes"] == 50  # the allocation with no frame outside torch
+    assert [entry["bytes"] for entry in breakdown["largest"]] == [200, 50, 30]
     assert benchmark.allocation_site([linear]).startswith("(no Python frame outside torch")
     assert benchmark.import_path(str(ROOT / "helpers" / "data.py")) == "helpers/data.py"
     assert benchmark.peak_breakdown({"device_traces": [trace]}, max_entries=9)["truncated"]
