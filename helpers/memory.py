@@ -187,8 +187,8 @@ def estimate_training_memory(
     total_on_gpu:     paged optimizers only: the total without their states, which bitsandbytes keeps in managed
                       memory that the GPU pages out to CPU memory under pressure (fit_verdict decides on it).
     Not counted: the CUDA context (~0.3-0.5 GiB), allocator fragmentation (reserved above allocated), LoRA
-    dropout's masks, kernels' workspaces and temporary buffers (about 0.8 GiB more than this at batch 1 x 2,047
-    tokens on the H200, where they are a large share).
+    dropout's masks and temporary buffers. At batch 1 x 2,047 tokens on the H200 the peak was about 0.85 GiB above
+    this, not yet explained (scripts/gpu_bench.sh records what is live there).
     """
     optimizer = getattr(optimizer, "value", optimizer)  # accept TrainingArguments.optim (an enum) too
     if optimizer not in OPTIMIZER_BYTES_PER_PARAM:
