@@ -25,6 +25,8 @@ from helpers.models import CHAT_TEMPLATE_KWARGS, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "models" / "tiny-llama-support")
+sys.path.insert(0, str(ROOT / "scripts"))
+import benchmark  # noqa: E402  scripts/benchmark.py
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +116,6 @@ def test_scoring_only_labelled_positions_gives_the_same_loss_and_gradients(train
     """The benchmark's "LM head on labelled positions only" row computes what TRL's CPU path does, with less work."""
     import trl.trainer.utils
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import benchmark
-
     examples = [tokenize_with_mask(tokenizer, train_split[i]) for i in range(4)]
     longest = max(len(ids) for ids, _ in examples)
     ids = torch.tensor([i + [tokenizer.pad_token_id] * (longest - len(i)) for i, _ in examples])
@@ -152,9 +151,6 @@ def test_scoring_only_labelled_positions_gives_the_same_loss_and_gradients(train
 
 
 def test_memory_snapshot_breakdown_sums_what_is_live_at_the_peak():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import benchmark
-
     def frame(path, line, name):
         return {"filename": path, "line": line, "name": name}
 
@@ -188,9 +184,6 @@ def test_memory_snapshot_breakdown_sums_what_is_live_at_the_peak():
 def test_memory_snapshot_needs_cuda(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import benchmark
-
     with pytest.raises(SystemExit) as stop:
         benchmark.main(["--memory-snapshot", "--out", str(tmp_path / "b.json")])
     assert stop.value.code == 2 and "run it on a machine with a CUDA GPU" in capsys.readouterr().err
@@ -203,21 +196,16 @@ def test_gpu_bench_script_names_rows_the_gpu_plan_has():
     assert done.returncode == 0, done.stderr
     runs = [line for line in done.stdout.splitlines() if line.startswith("RUN ")]
     assert len(runs) == 2 and "--memory-snapshot" in runs[1] and "--merge" in runs[0]
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import benchmark
-
     planned = {f"{method}:{name}" for method, name, _ in benchmark.plan("gpu", ["full", "lora", "qlora"])}
     for run in runs:
-        only = shlex.split(run)[shlex.split(run).index("--only") + 1]
+        words = shlex.split(run)
+        only = words[words.index("--only") + 1]
         assert only.split(";") and set(only.split(";")) <= planned, only
 
 
 def test_a_row_with_memory_snapshot_records_while_training_and_stops_after(monkeypatch):
     """The CUDA-only wiring of --memory-snapshot, with torch's recorder stood in for (this machine has no CUDA)."""
     import argparse
-
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import benchmark
 
     calls = []
     alloc = {"action": "alloc", "addr": 1, "size": 64, "frames": []}
