@@ -9,7 +9,13 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from helpers.memory import count_parameters, estimate_training_memory, estimate_weight_bytes, shape_of
+from helpers.memory import (
+    count_parameters,
+    estimate_training_memory,
+    estimate_weight_bytes,
+    fit_verdict,
+    shape_of,
+)
 from helpers.models import llama_config
 
 # GPU memory roughly as nvidia-smi reports it, in MiB, and whether the GPU computes in bf16 natively.
@@ -25,11 +31,12 @@ GPUS = {
 # What each method trains and keeps, as the course's notebooks do it on a GPU.
 METHODS = {
     "full": "all weights; float32 master weights and gradients under bf16 (fp16 on a T4) autocast, "
-    "PyTorch AdamW (float32 moments), 16-bit autocast copies of the weights",
-    "full, 8-bit": "as full, with bitsandbytes' paged 8-bit AdamW (1 byte per moment)",
-    "lora": "bf16 frozen base; a float32 adapter (r=16, all linear layers) with PyTorch AdamW",
-    "qlora": "NF4 base (embedding and norms upcast to float32 by prepare_model_for_kbit_training); "
-    "bf16 adapter (r=16, all linear layers; TRL's SFTTrainer casts it; float32 on a T4); paged 8-bit AdamW",
+    "PyTorch AdamW (float32 moments), 16-bit autocast copies of the weights; no gradient checkpointing",
+    "full, 8-bit": "as full, with bitsandbytes' paged 8-bit AdamW (1 byte per moment) and gradient checkpointing",
+    "lora": "bf16 frozen base; a float32 adapter (r=16, all linear layers) with PyTorch AdamW; gradient "
+    "checkpointing only where the batch would not fit without it (as notebooks 2 and 3)",
+    "qlora": "NF4 base, embedding and norms in the compute dtype (bf16; fp16 on a T4); "
+    "a float32 adapter (r=16, all linear layers); paged 8-bit AdamW; gradient checkpointing as for lora",
 }
 
 
@@ -64,12 +71,14 @@ def method_estimate(
     lora_r: int = 16,
     gradient_checkpointing: bool = True,
     loss_tokens: int | None = None,
-    upcast: bool = True,
+    upcast: bool = False,
+    adapter_fp32: bool = True,
 ) -> dict[str, int]:
     """Estimated training memory (weights, gradients, optimizer states, activations, total) of one method.
 
     loss_tokens: positions with a label in the largest micro-batch (what TRL's LM head scores on CUDA); None: all.
-    upcast: QLoRA's prepare_model_for_kbit_training casts the embedding and norms to float32 (False: kept 16-bit).
+    upcast: QLoRA with prepare_model_for_kbit_training's float32 embedding and norms kept (False: 16-bit, the course).
+    adapter_fp32: QLoRA's adapter in float32 (the course); False: bf16 under bf16, as SFTTrainer casts it.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}.")
@@ -82,8 +91,8 @@ def method_estimate(
     elif method == "lora":
         trainable, grad_bytes, optimizer = lora_trainable_params(spec, lora_r), 4, "adamw"
         weight_bytes = total * 2 + trainable * 4  # bf16 base, float32 adapter
-    else:  # the adapter stays bf16 as TRL casts it under bf16, and float32 under fp16 (see notebook 3)
-        adapter_bytes = 2 if bf16 else 4
+    else:  # SFTTrainer casts the adapter to bf16; the course casts it back to float32 (notebook 3)
+        adapter_bytes = 2 if bf16 and not adapter_fp32 else 4
         trainable, grad_bytes, optimizer = lora_trainable_params(spec, lora_r), adapter_bytes, "paged_adamw_8bit"
         other_bytes = 4 if upcast else 2
         weight_bytes = estimate_weight_bytes(model, dtype_bytes=other_bytes, quantize_linear=True)["total"] + trainable * adapter_bytes
@@ -104,3 +113,28 @@ def method_estimate(
         autocast_copy_params=copies,
         embedding_params=c.vocab_size * c.hidden_size if method.startswith("full") else 0,  # 32-bit states with 8-bit AdamW
     )
+
+
+def planned_estimate(
+    spec: dict,
+    method: str,
+    capacity_bytes: int,
+    *,
+    where: str,
+    seq_len: int,
+    batch_size: int,
+    bf16: bool = True,
+    reserve_bytes: int = 2**29,
+) -> tuple[bool, dict[str, int], bool]:
+    """(fits, estimate, gradient checkpointing) under the memory plan the notebooks would choose on this GPU.
+
+    LoRA and QLoRA (notebooks 2 and 3): no checkpointing if the batch fits without it, else checkpointing.
+    Full fine-tuning (notebook 1): "full" is its plain plan (no checkpointing), "full, 8-bit" its low-memory one.
+    """
+    options = {"full": [False], "full, 8-bit": [True]}.get(method, [False, True])
+    for checkpointing in options:
+        estimate = method_estimate(spec, method, seq_len=seq_len, batch_size=batch_size, bf16=bf16,
+                                   gradient_checkpointing=checkpointing)
+        if fit_verdict(estimate, capacity_bytes, where=where, reserve_bytes=reserve_bytes)[0]:
+            return True, estimate, checkpointing
+    return False, estimate, checkpointing

@@ -43,11 +43,19 @@ NAIVE = {  # TRL's SFTConfig defaults and PEFT's usual LoraConfig
     "liger": False,
     "batch": 8,
     "accumulation": 1,
-    "upcast": True,  # QLoRA: prepare_model_for_kbit_training casts the embedding and norms to float32
+    "upcast": True,  # QLoRA: prepare_model_for_kbit_training's float32 embedding and norms are kept (False: compute dtype)
+    "adapter_fp32": False,  # QLoRA: SFTTrainer's bf16 adapters are kept under bf16 (True: float32, as the course)
     "labelled_head": False,  # True: on a CPU too, TRL's LM head scores only the labelled positions, as it does on CUDA
     "seed": 42,  # data order, initialisation; "naive, seed 43" shows how much a row moves from the seed alone
 }
-COURSE = {**NAIVE, "gradient_checkpointing": False, "lora_dropout": 0.0, "sampling": "similar_length"}
+COURSE = {
+    **NAIVE, "gradient_checkpointing": False, "lora_dropout": 0.0, "sampling": "similar_length", "upcast": False,
+    "adapter_fp32": True,
+}
+# The course's memory plan turns gradient checkpointing on when the batch would not fit otherwise: what that costs
+CHECKPOINTED = ("course, gradient checkpointing", {**COURSE, "gradient_checkpointing": True})
+# QLoRA as PEFT and TRL leave it: float32 embedding and norms, bf16 adapters (the course before issue 23)
+PEFT_UPCAST = ("course, PEFT's float32 embedding and norms", {**COURSE, "upcast": True, "adapter_fp32": False})
 
 # Unsloth's Llama 3.2 1B notebook: r=16 on all linear layers, batch 1 x 8, gradient checkpointing
 UNSLOTH = {**COURSE, "gradient_checkpointing": True, "batch": 1, "accumulation": 8}
@@ -65,6 +73,7 @@ CPU_ROWS = {
         ("no gradient checkpointing", {"gradient_checkpointing": False}),
         ("+ transformers' group_by_length", {"gradient_checkpointing": False, "sampling": "group_by_length"}),
         ("course", COURSE),
+        CHECKPOINTED,
         HEAD_ROW,
     ],
     "lora": [
@@ -74,6 +83,7 @@ CPU_ROWS = {
         ("+ lora_dropout 0", {"gradient_checkpointing": False, "lora_dropout": 0.0}),
         ("+ transformers' group_by_length", {**COURSE, "sampling": "group_by_length"}),
         ("course", COURSE),
+        CHECKPOINTED,
         HEAD_ROW,
         ("course, padding-free instead of grouping", {**COURSE, "sampling": "random", "padding_free": True}),
     ],
@@ -82,7 +92,9 @@ CPU_ROWS = {
         ("naive, seed 43", {"seed": 43}),
         ("no gradient checkpointing", {"gradient_checkpointing": False}),
         ("+ lora_dropout 0", {"gradient_checkpointing": False, "lora_dropout": 0.0}),
+        PEFT_UPCAST,
         ("course", COURSE),
+        CHECKPOINTED,
         HEAD_ROW,
     ],
 }
@@ -91,6 +103,7 @@ GPU_ROWS = {  # fewer rows than on a CPU (a lent GPU gives minutes), plus what o
         ("naive", {}),
         ("no gradient checkpointing", {"gradient_checkpointing": False}),
         ("course", COURSE),
+        CHECKPOINTED,
         ("course, 8-bit AdamW", {**COURSE, "optim": "adamw_bnb_8bit"}),
     ],
     "lora": [
@@ -99,17 +112,17 @@ GPU_ROWS = {  # fewer rows than on a CPU (a lent GPU gives minutes), plus what o
         ("no gradient checkpointing", {"gradient_checkpointing": False}),
         ("+ lora_dropout 0", {"gradient_checkpointing": False, "lora_dropout": 0.0}),
         ("course", COURSE),
+        CHECKPOINTED,
         ("course, padding-free instead of grouping", {**COURSE, "sampling": "random", "padding_free": True}),
         ("course, Liger kernels", {**COURSE, "liger": True}),
     ],
     "qlora": [
         ("naive", {}),
         ("naive, seed 43", {"seed": 43}),
+        (PEFT_UPCAST[0], {**PEFT_UPCAST[1], "optim": "paged_adamw_8bit"}),  # the course before issue 23
         ("course", {**COURSE, "optim": "paged_adamw_8bit"}),  # notebook 3's optimizer on a GPU
-        # without prepare_model_for_kbit_training's float32 embedding and norms (2x faster at Unsloth's settings)
-        ("course, embedding and norms in bf16", {**COURSE, "optim": "paged_adamw_8bit", "upcast": False}),
-        ("unsloth settings", UNSLOTH),
-        ("unsloth settings, embedding and norms in bf16", {**UNSLOTH, "upcast": False}),  # as Unsloth keeps them
+        ("course, gradient checkpointing", {**CHECKPOINTED[1], "optim": "paged_adamw_8bit"}),
+        ("unsloth settings", UNSLOTH),  # embedding and norms in bf16, float32 adapters, as Unsloth keeps them
         ("unsloth settings + Liger", {**UNSLOTH, "liger": True}),
     ],
 }
@@ -168,7 +181,7 @@ class CountingCollator:
 def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     """Train one row in this process and measure it."""
     import torch
-    from train import LEARNING_RATES, load_model
+    from train import LEARNING_RATES, adapters_to_float32, load_model
     from trl import SFTConfig, SFTTrainer
 
     from helpers.data import (
@@ -242,10 +255,8 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     )
     throughput = ThroughputCallback(warmup_steps=args.warmup)
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer, callbacks=[throughput])
-    if method == "qlora" and not training_args.bf16:  # as notebook 3: keep the adapter float32 outside bf16
-        for param in trainer.model.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
+    if method == "qlora" and (knobs["adapter_fp32"] or not training_args.bf16):  # bf16 adapters only under bf16
+        adapters_to_float32(trainer.model)
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     tracker = MemoryTracker(hardware.device_type)
@@ -367,7 +378,8 @@ def row_estimate(row: dict, bf16: bool) -> dict[str, int]:
         bf16=bf16,
         gradient_checkpointing=knobs["gradient_checkpointing"],
         loss_tokens=row["most_loss_tokens"] if on_cuda else None,
-        upcast=knobs.get("upcast", True),
+        upcast=knobs.get("upcast", True),  # rows measured before issue 23 lack these two knobs
+        adapter_fp32=knobs.get("adapter_fp32", False),
     )
 
 

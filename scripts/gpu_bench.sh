@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmark rows issue 14 still needs, as one device call (about 4 minutes on the H200, start not counted).
+# The GPU benchmark rows issue 23 needs, as one device call (about 5 minutes on the H200, start not counted).
 #
 #     bash scripts/gpu_bench.sh [--dry-run]
 #
@@ -7,10 +7,11 @@
 # `bash scripts/gpu_bench.sh` with carry [".whl"] and timeout_s 420. The wheels in .whl/ are installed into /tmp/site
 # and put on PYTHONPATH, as scripts/gpu_check.sh does. Two benchmark runs, in the llama-3.2-1b-random profile on
 # conversations up to 2048 tokens:
-#   1. QLoRA naive, course, and course without prepare_model_for_kbit_training's float32 embedding and norms, merged
-#      into the GPU run of benchmark.json (is the course 1.5x naive, and is the upcast what holds it back?);
-#   2. QLoRA at Unsloth's settings without the upcast, with expandable segments and --memory-snapshot, into
-#      memory-snapshot.json: its peak_breakdown says what the ~0.85 GiB above notebook 1's estimate is.
+#   1. QLoRA's course row (embedding and norms in bf16, float32 adapters) and the course with PEFT's float32 upcast,
+#      and each method's "course, gradient checkpointing", merged into the GPU run of benchmark.json (is QLoRA's
+#      course 1.5x naive; what does the memory plan's checkpointing cost in speed and save in memory?);
+#   2. QLoRA at Unsloth's settings (no upcast), with expandable segments and --memory-snapshot, into
+#      memory-snapshot.json: its reserved peak against Unsloth's published 2.16 GiB, and what is live at the peak.
 # With $OUT set, benchmark.json (a copy of results/benchmark.json, updated), memory-snapshot.json and gpu_bench.log
 # go there; without it, results/. Copy benchmark.json back over results/benchmark.json and commit it.
 # Interpreter: $PYTHON, default python3. Exit status: 0 when both runs measured every row.
@@ -20,12 +21,13 @@ PY=${PYTHON:-python3}
 DEST=${OUT:-results}
 SITE=${GPU_BENCH_SITE:-/tmp/site}
 COMMON=(--profile llama-3.2-1b-random --rows gpu --long --max-length 2048 --eval-examples 32)
-QLORA_ROWS='qlora:naive;qlora:course;qlora:course, embedding and norms in bf16'
-SNAPSHOT_ROW='qlora:unsloth settings, embedding and norms in bf16'
+QLORA_ROWS="qlora:course;qlora:course, PEFT's float32 embedding and norms;qlora:course, gradient checkpointing"
+QLORA_ROWS="$QLORA_ROWS;lora:course, gradient checkpointing;full:course, gradient checkpointing"
+SNAPSHOT_ROW='qlora:unsloth settings'
 
 if [ "${1:-}" = "--dry-run" ]; then
     echo "WHEELS $(ls .whl/*.whl 2>/dev/null | wc -l) in .whl/ -> $SITE"
-    echo "RUN $PY scripts/benchmark.py ${COMMON[*]} --steps 16 --merge --budget-s 150 --only '$QLORA_ROWS' --out $DEST/benchmark.json"
+    echo "RUN $PY scripts/benchmark.py ${COMMON[*]} --steps 16 --merge --budget-s 230 --only \"$QLORA_ROWS\" --out $DEST/benchmark.json"
     echo "RUN PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True $PY scripts/benchmark.py ${COMMON[*]} --steps 4" \
         "--memory-snapshot --only '$SNAPSHOT_ROW' --out $DEST/memory-snapshot.json"
     exit 0
@@ -43,7 +45,7 @@ if [ "$DEST" != results ]; then
     cp results/benchmark.json "$DEST/benchmark.json"
 fi
 status=0
-"$PY" scripts/benchmark.py "${COMMON[@]}" --steps 16 --merge --budget-s 150 --only "$QLORA_ROWS" \
+"$PY" scripts/benchmark.py "${COMMON[@]}" --steps 16 --merge --budget-s 230 --only "$QLORA_ROWS" \
     --out "$DEST/benchmark.json" || status=1
 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "$PY" scripts/benchmark.py "${COMMON[@]}" --steps 4 \
     --memory-snapshot --only "$SNAPSHOT_ROW" --out "$DEST/memory-snapshot.json" || status=1

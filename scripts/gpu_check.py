@@ -8,6 +8,20 @@ Each notebook runs in its own scripts/run_course.py process (fresh kernel); the 
 folder outside the repository. Per regime it writes results/gpu/<gpu>/<regime>/check.json (rewritten after each
 run): the GPU, the environment used, per notebook its seconds, status and error, the stdout of the golden cells
 ('# NBVAL_CHECK_OUTPUT') and the library versions. The notebooks write full.json, lora.json and qlora.json there.
+Check files name no machine paths: paths in the repository are relative, the scratch folder is <scratch>, the
+wheels' folder <site>, the interpreter's packages <site-packages> and <stdlib>, the home folder ~ (the notebooks
+themselves get the real paths).
+
+--full: the same runs in the same order at the notebooks' real budget (COURSE_SMOKE unset), into
+results/gpu/<gpu>/full/<regime>/ (the smoke results stay; notebook 4's table of GPU rows does not read this folder),
+with a deadline of 520 s and 300 s per notebook, so that it ends within 9 minutes even when the kill backstop
+fires: what does not fit is skipped, the comparisons first. Each run whose notebook wrote its results file gets a "cost" in check.json, also printed:
+the run's wall seconds, train seconds and tokens/s, the train peaks allocated and reserved (from the results file)
+and the model FLOPs utilisation, MFU = tokens/s x FLOPs per token / the GPU's dense bf16/fp16 peak (PEAK_TFLOPS;
+null, with the reason, for a GPU not listed). FLOPs per trained token: 2 per weight forward, 2 per weight backward
+for the input gradient (frozen weights too), 2 more per trainable weight for its own gradient; that is 6 N for full
+fine-tuning and 4 N_frozen + 6 N_trainable for LoRA and QLoRA. Attention's seq^2 term, QLoRA's dequantization and
+padding are not counted (tokens are the non-padding ones the notebooks count).
 
 Before any notebook: the wheels in .whl/ (scripts/gpu_wheels.sh) are installed into /tmp/site, which goes first on
 PYTHONPATH (the kernels inherit it); then one line of versions is printed and bitsandbytes must quantize and
@@ -15,8 +29,8 @@ dequantize a CUDA tensor in 4 bits. If either fails, no notebook runs.
 
 Without CUDA, or with --dry-run, nothing runs: it prints the plan, one item a line, and exits 0:
     DRY-RUN reason=...            why nothing runs
-    GPU name=... slug=...         results go to results/gpu/<slug>/<regime>
-    SETTINGS budget_s=... ...
+    GPU name=... slug=...         results go to results/gpu/<slug>/<regime> (--full: <slug>/full/<regime>)
+    SETTINGS mode=smoke|full budget_s=... ...
     WHEEL <file>                  one line per wheel it would install (none: no line)
     INSTALL <command>             the install command, when there are wheels
     RUN <i>/<n> <regime> <notebook> timeout_s=<s> KEY=VALUE ...   one line per notebook run, its whole environment
@@ -27,8 +41,8 @@ run, or a failed install or preflight).
 
 Settings (environment; the defaults fit the device tool's 10-minute limit with room to spare):
     GPU_CHECK_BUDGET_S=450            deadline, from the start: no notebook run starts or runs past it; a run
-                                      with less than 20 s left is skipped
-    GPU_CHECK_NOTEBOOK_TIMEOUT_S=240  the most one notebook run may take
+                                      with less than 20 s left is skipped (--full: 520)
+    GPU_CHECK_NOTEBOOK_TIMEOUT_S=240  the most one notebook run may take (--full: 300)
     GPU_CHECK_SCRATCH=/tmp/course-gpu outputs, executed notebooks, summaries, the random model's cache
     GPU_CHECK_WHEELS=<repo>/.whl      wheels to install first; GPU_CHECK_SITE=/tmp/site where they go
     GPU_CHECK_RESULTS=<repo>/results/gpu  where <slug>/<regime>/ go
@@ -51,6 +65,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import threading
 import time
@@ -78,6 +93,13 @@ KILL_GRACE_S = 20  # run_course.py enforces the timeout itself; this is the back
 MAX_FAILED_NOTEBOOKS = 4  # executed notebooks of failed runs copied to $OUT
 MAX_OUT_FILE = 16 * 2**20  # the device tool returns files up to 16 MiB
 VERSIONS_MARK = "PREFLIGHT_VERSIONS "
+# (deadline, the most one notebook run may take) in seconds. Both fit the device tool's 10 minutes a call; --full's
+# deadline plus KILL_GRACE_S stays within 9 minutes.
+BUDGETS = {"smoke": (450.0, 240.0), "full": (520.0, 300.0)}
+RESULTS_FILES = {"01_full_finetuning.ipynb": "full.json", "02_lora.ipynb": "lora.json", "03_qlora.ipynb": "qlora.json"}
+# Dense (no sparsity) bf16/fp16 tensor-core peaks in TFLOP/s, by a pattern of the name torch reports. The H100 SXM's
+# name says HBM3; the H100 PCIe and NVL have lower peaks and are not listed: a GPU not listed gets no MFU.
+PEAK_TFLOPS = [(r"H200", 989.0), (r"H100.*(SXM|HBM3)", 989.0), (r"A100", 312.0), (r"\bL4\b", 121.0), (r"\bT4\b", 65.0)]
 
 # Run by the machine's python3 with the kit on PYTHONPATH, from the repository root. argv[1]: "cuda" or "cpu".
 PREFLIGHT = r'''
@@ -180,11 +202,13 @@ class Run:
 class Check:
     """One GPU check: the plan, the runs, the records written to check.json."""
 
-    def __init__(self, gpu_name: str, slug: str, cuda: bool):
+    def __init__(self, gpu_name: str, slug: str, cuda: bool, full: bool = False):
         self.start = START
-        self.gpu_name, self.slug, self.cuda = gpu_name, slug, cuda
-        self.budget = float(os.environ.get("GPU_CHECK_BUDGET_S", "450"))
-        self.notebook_timeout = float(os.environ.get("GPU_CHECK_NOTEBOOK_TIMEOUT_S", "240"))
+        self.gpu_name, self.slug, self.cuda, self.full = gpu_name, slug, cuda, full
+        self.mode = "full" if full else "smoke"
+        budget, notebook_timeout = BUDGETS[self.mode]
+        self.budget = float(os.environ.get("GPU_CHECK_BUDGET_S", budget))
+        self.notebook_timeout = float(os.environ.get("GPU_CHECK_NOTEBOOK_TIMEOUT_S", notebook_timeout))
         self.scratch = Path(os.environ.get("GPU_CHECK_SCRATCH", "/tmp/course-gpu")).resolve()
         self.results = Path(os.environ.get("GPU_CHECK_RESULTS", ROOT / "results" / "gpu")).resolve()
         self.wheel_dir = Path(os.environ.get("GPU_CHECK_WHEELS", ROOT / ".whl")).resolve()
@@ -210,13 +234,15 @@ class Check:
     # -- plan -------------------------------------------------------------------------------------------------
 
     def results_dir(self, regime: str) -> Path:
-        return self.results / self.slug / regime
+        """Where a regime's files go: results/gpu/<slug>/<regime>, or <slug>/full/<regime> for --full."""
+        base = self.results / self.slug
+        return base / "full" / regime if self.full else base / regime
 
     def run_env(self, regime: str) -> dict[str, str]:
         """The variables each notebook run of this regime gets (on top of the inherited ones, minus COURSE_*)."""
         return {
             "COURSE_PROFILE": PROFILE,
-            "COURSE_SMOKE": "1",
+            **({} if self.full else {"COURSE_SMOKE": "1"}),
             **REGIMES[regime],
             "COURSE_RESULTS_DIR": str(self.results_dir(regime)),
             "COURSE_OUTPUT_DIR": str(self.scratch / regime / "outputs"),
@@ -237,7 +263,7 @@ class Check:
         q = shlex.quote
         print(f"DRY-RUN reason={q(reason)}")
         print(f"GPU name={q(self.gpu_name)} slug={q(self.slug)}")
-        print(f"SETTINGS budget_s={self.budget:g} notebook_timeout_s={self.notebook_timeout:g} "
+        print(f"SETTINGS mode={self.mode} budget_s={self.budget:g} notebook_timeout_s={self.notebook_timeout:g} "
               f"scratch={q(str(self.scratch))} python={q(sys.executable)}")
         for wheel in self.wheels:
             print(f"WHEEL {q(wheel.name)}")
@@ -369,10 +395,35 @@ class Check:
             record["error"] = f"killed after {seconds:.0f} s (timeout {timeout:.0f} s). " + (record["error"] or "")
         if not record["ok"] and not record["error"]:
             record["error"] = f"run_course.py exited with {code}; its last lines:\n" + "".join(tail)[-3000:]
+        if self.full and (cost := self.cost(run, seconds)):
+            record["cost"] = cost
         run.record = record
         self.log(f"{name}: {record['status'].upper() if not record['ok'] else 'ok'} in {seconds:.0f} s")
+        if "cost" in record:
+            self.log(f"{name}: {cost_line(record['cost'])}")
+
+    def cost(self, run: Run, seconds: float) -> dict | None:
+        """A run's cost, from the results file its notebook wrote; None when it wrote none."""
+        name = RESULTS_FILES.get(run.notebook.name)
+        path = self.results_dir(run.regime) / name if name else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            return run_cost(json.loads(path.read_text()), self.gpu_name, seconds)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return {"error": f"cannot read {path.name}: {type(err).__name__}: {err}"}
 
     # -- results ----------------------------------------------------------------------------------------------
+
+    def places(self) -> dict[str, str]:
+        """The machine paths a check file may name, each with its label; the repository's own paths go relative."""
+        python = sysconfig.get_paths()
+        labels = {self.scratch: "<scratch>", self.site: "<site>", self.wheel_dir: "<wheels>", self.results: "<results>",
+                  Path(python["purelib"]): "<site-packages>", Path(python["platlib"]): "<site-packages>",
+                  Path(python["stdlib"]): "<stdlib>", Path.home(): "~"}
+        outside = {str(path): label for path, label in labels.items()
+                   if len(path.parts) > 1 and not path.is_relative_to(ROOT)}
+        return {f"{ROOT}/": "", str(ROOT): "<repo>", **outside}
 
     def write_checks(self) -> None:
         for regime in {run.regime for run in self.runs}:
@@ -392,7 +443,7 @@ class Check:
                 "ok": bool(self.preflight.get("ok")) and all(run.record.get("ok") for run in runs),
                 "env": runs[0].env,
                 "pythonpath": os.environ.get("PYTHONPATH", ""),
-                "settings": {"budget_s": self.budget, "notebook_timeout_s": self.notebook_timeout,
+                "settings": {"mode": self.mode, "budget_s": self.budget, "notebook_timeout_s": self.notebook_timeout,
                              "wheels": [w.name for w in self.wheels]},
                 "started": self.started,
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -405,7 +456,7 @@ class Check:
             path = self.results_dir(regime) / "check.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".json.partial")
-            tmp.write_text(json.dumps(check, indent=2).replace(f"{ROOT}/", "") + "\n")  # repository paths, relative
+            tmp.write_text(json.dumps(scrub(check, self.places()), indent=2) + "\n")
             os.replace(tmp, path)
 
     def skip_all(self, why: str) -> None:
@@ -445,6 +496,12 @@ class Check:
             error = (run.record.get("error") or "").strip().splitlines()
             print(f"{run.regime:7s} {run.notebook.name:28s} {run.record.get('status', '?'):9s} "
                   f"{'' if seconds is None else f'{seconds:7.0f}':>7s}  {error[-1][:100] if error else ''}")
+        costs = [run for run in self.runs if "cost" in run.record]
+        if costs:
+            print("\ncost (MFU: 4 x all + 2 x trainable parameters in FLOPs per non-padding token, attention's seq^2 "
+                  "term not counted, over the GPU's dense 16-bit peak)")
+        for run in costs:
+            print(f"{run.regime:7s} {run.notebook.name:28s} {cost_line(run.record['cost'])}")
         for regime in {run.regime: None for run in self.runs}:
             print(f"check.json: {self.results_dir(regime) / 'check.json'}")
         if not self.preflight.get("ok"):
@@ -486,6 +543,72 @@ def read_summary_entry(path: Path) -> dict | None:
         return None
 
 
+def peak_flops(gpu_name: str) -> float | None:
+    """The GPU's dense bf16/fp16 peak in FLOP/s (PEAK_TFLOPS), None when it is not listed."""
+    return next((tflops * 1e12 for pattern, tflops in PEAK_TFLOPS if re.search(pattern, gpu_name)), None)
+
+
+def flops_per_token(total_params: int, trainable_params: int) -> int:
+    """Training FLOPs per token: 2 forward and 2 backward (input gradient) per weight, 2 more per trainable weight."""
+    return 4 * total_params + 2 * trainable_params
+
+
+def mfu(tokens_per_second: float, total_params: int, trainable_params: int, peak: float) -> float:
+    """Model FLOPs utilisation: the model's training FLOPs per second over the GPU's peak FLOP/s."""
+    return tokens_per_second * flops_per_token(total_params, trainable_params) / peak
+
+
+def run_cost(results: dict, gpu_name: str, wall_s: float) -> dict:
+    """Time, throughput, train peaks and MFU of a run, from its notebook's results file (MFU None, with the reason)."""
+    train = results["peak_memory"]["train"]
+    total, trainable = results["total_params"], results["trainable_params"]
+    rate, peak = results.get("train_tokens_per_second"), peak_flops(gpu_name)
+    note = None if rate else "no train_tokens_per_second in the results file"
+    note = note if peak else f"no dense bf16/fp16 peak listed for {gpu_name!r}"
+    return {
+        "wall_s": wall_s,
+        "train_seconds": results.get("train_seconds"),
+        "train_tokens_per_second": rate,
+        "train_peak_allocated_bytes": train.get("peak_bytes"),
+        "train_peak_reserved_bytes": train.get("peak_reserved_bytes"),
+        "total_params": total,
+        "trainable_params": trainable,
+        "flops_per_token": flops_per_token(total, trainable),
+        "peak_tflops": peak / 1e12 if peak else None,
+        "mfu": None if note else mfu(rate, total, trainable, peak),
+        "mfu_note": note,
+    }
+
+
+def cost_line(cost: dict) -> str:
+    """A run's cost in one line, for the log and the report."""
+    if "error" in cost:
+        return cost["error"]
+
+    def shown(key: str, spec: str, scale: float = 1) -> str:
+        return "?" if cost[key] is None else format(cost[key] / scale, spec)
+
+    gib = 2**30
+    return (f"wall {shown('wall_s', '.0f')} s, train {shown('train_seconds', '.1f')} s at "
+            f"{shown('train_tokens_per_second', ',.0f')} tokens/s, train peak "
+            f"{shown('train_peak_allocated_bytes', '.2f', gib)} GiB allocated / "
+            f"{shown('train_peak_reserved_bytes', '.2f', gib)} GiB reserved, MFU {shown('mfu', '.1%')}"
+            + (f" ({cost['mfu_note']})" if cost["mfu_note"] else ""))
+
+
+def scrub(value, places: dict[str, str]):
+    """value (a string, or dicts and lists of them) with each place, a path, written as its label instead."""
+    if isinstance(value, dict):
+        return {key: scrub(item, places) for key, item in value.items()}
+    if isinstance(value, list):
+        return [scrub(item, places) for item in value]
+    if isinstance(value, str):
+        for path in sorted(places, key=len, reverse=True):  # the longest first: a place inside another keeps its label
+            end = "" if path.endswith("/") else r"(?![\w-]|\.\w)"  # /tmp/site, not /tmp/site-packages nor /tmp/site.old
+            value = re.sub(rf"(?<![\w.-]){re.escape(path)}{end}", places[path], value)
+    return value
+
+
 def slugify(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown-gpu"
 
@@ -504,20 +627,22 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
     parser.add_argument("--allow-cpu", action="store_true", help="for tests: run without CUDA")
+    parser.add_argument("--full", action="store_true", help="the notebooks' real budget, into <slug>/full/<regime>")
     args = parser.parse_args(argv)
 
     cuda, name = probe_gpu()
     if cuda:
-        check = Check(name, slugify(name), cuda=True)
+        gpu, slug = name, slugify(name)
     elif args.allow_cpu and not args.dry_run:
-        check = Check("cpu", "cpu", cuda=False)
+        gpu, slug = "cpu", "cpu"
     else:
-        check = Check("no CUDA", "no-cuda", cuda=False)
+        gpu, slug = "no CUDA", "no-cuda"
+    check = Check(gpu, slug, cuda=cuda, full=args.full)
     if args.dry_run or not (cuda or args.allow_cpu):
         check.print_plan("--dry-run" if args.dry_run else f"no CUDA: {name}")
         return 0
 
-    check.log(f"GPU check on {check.gpu_name}: {len(check.runs)} notebook runs, deadline {check.budget:g} s")
+    check.log(f"GPU check ({check.mode}) on {check.gpu_name}: {len(check.runs)} notebook runs, deadline {check.budget:g} s")
     check.prepare()
     try:
         if check.install_wheels() and check.run_preflight():

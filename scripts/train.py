@@ -69,12 +69,12 @@ def per_device_batch(global_batch: int, processes: int) -> int:
 
 def load_model(
     method: str, path: str, dtype: torch.dtype, device: str | int, seed: int,
-    lora_dropout: float = 0.0, attention: str = "sdpa", upcast: bool = True,
+    lora_dropout: float = 0.0, attention: str = "sdpa", upcast: bool = False,
 ) -> torch.nn.Module:
     """The base model for a method, with LoRA adapters for lora and qlora (4-bit NF4 base for qlora).
 
-    upcast=False (qlora; the benchmark's Unsloth-like row) skips prepare_model_for_kbit_training, which casts the
-    embedding and norms to float32, and keeps them in dtype.
+    qlora, as notebook 3: prepare_model_for_kbit_training casts the embedding and norms to float32; they stay frozen,
+    so they go back to dtype, the compute dtype (upcast=True keeps PEFT's float32: the benchmark's naive rows).
     """
     torch.manual_seed(seed)
     if method == "full":
@@ -93,10 +93,25 @@ def load_model(
             attn_implementation=attention,
         )
         keep_4bit_layers_trainable(model)  # CPU only: see notebook 3
-        if upcast:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if not upcast:
+            frozen_to_compute_dtype(model, dtype)
     lora_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, lora_config)
+
+
+def frozen_to_compute_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast the frozen float32 weights (what prepare_model_for_kbit_training upcast: embedding, norms) to dtype."""
+    for param in model.parameters():
+        if param.dtype == torch.float32 and not param.requires_grad:
+            param.data = param.data.to(dtype)
+
+
+def adapters_to_float32(model: torch.nn.Module) -> None:
+    """Cast the trainable weights to float32, undoing SFTTrainer's bf16 cast of a 4-bit model's adapters."""
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sampling", choices=["similar_length", "group_by_length", "random"], default="similar_length",
         help="similar_length (the notebooks'), transformers' group_by_length (longest-first pools), or random batches",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true",
+        help="recompute activations in the backward pass: less memory, one more forward pass (TRL's default is on)",
     )
     parser.add_argument("--report-to", default="none", help="none, tensorboard, trackio or wandb")
     parser.add_argument("--logging-steps", type=int, default=10, help="log the training loss every this many steps")
@@ -158,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         num_train_epochs=1,
         max_steps=args.max_steps,
         per_device_train_batch_size=batch,
-        gradient_checkpointing=False,  # TRL's default is on; the notebooks turn it off
+        gradient_checkpointing=args.gradient_checkpointing,  # off unless asked: the notebooks' memory plan decides
         train_sampling_strategy="sequential" if args.sampling == "similar_length" else args.sampling,
         learning_rate=args.learning_rate or LEARNING_RATES[args.method][profile != "tiny"],
         optim="paged_adamw_8bit" if args.method == "qlora" and hardware.device_type == "cuda" else "adamw_torch_fused",
@@ -185,10 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         processing_class=tokenizer,
         callbacks=[StopOnNonFiniteLoss()],
     )
-    if args.method == "qlora" and not training_args.bf16:  # as notebook 3: keep the adapter float32 outside bf16
-        for param in trainer.model.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
+    if args.method == "qlora":  # as notebook 3: float32 adapters, whatever SFTTrainer cast them to
+        adapters_to_float32(trainer.model)
 
     checkpoint = last_good_checkpoint(training_args.output_dir, quiet=not state.is_main_process)
     with checkpoint_on_interrupt(trainer):

@@ -122,7 +122,11 @@ def test_method_estimates_follow_the_recipes():
     assert qlora["weights"] < lora["weights"] < full["weights"], "a 16-bit base is half a float32 one"
     assert "autocast_copies" not in lora, "a 16-bit base needs no autocast copies"
     qlora_t4 = method_estimate(LLAMA_3_2_1B, "qlora", bf16=False, **args)
-    assert qlora_t4["gradients"] == 2 * qlora["gradients"], "float32 adapters on a T4 (fp16's scaler can't take bf16)"
+    assert qlora_t4["gradients"] == qlora["gradients"] == lora["gradients"], "float32 adapters in both regimes"
+    peft_trl = method_estimate(LLAMA_3_2_1B, "qlora", upcast=True, adapter_fp32=False, **args)
+    assert peft_trl["gradients"] == qlora["gradients"] // 2, "SFTTrainer's bf16 adapters"
+    assert peft_trl["weights"] - qlora["weights"] > 2 * embedding - qlora["gradients"], "a float32 embedding"
+    assert peft_trl["activations"] > qlora["activations"], "a float32 residual stream"
     with pytest.raises(ValueError, match="Unknown method 'dora': use one of full, full, 8-bit, lora, qlora"):
         method_estimate(LLAMA_3_2_1B, "dora", **args)
 

@@ -12,6 +12,7 @@ import re
 import shlex
 import subprocess
 import sys
+import sysconfig
 import tarfile
 from pathlib import Path
 
@@ -39,6 +40,19 @@ RUN_ENV_KEYS = {
     "PYTHONUNBUFFERED",
 }
 KIT = ROOT / ".whl"
+# An absolute path on some machine: a check file should name none (a label like <scratch>/ or ~/ is fine).
+MACHINE_PATH = re.compile(r"(?<![\w.~>-])/(?:tmp|root|home|work|opt|usr|var|mnt|srv|scratch|private|Users)/[^\s\"']*")
+
+sys.path.insert(0, str(SCRIPTS))
+try:
+    import gpu_check as gpu_check_script  # noqa: E402  scripts/gpu_check.py
+finally:
+    sys.path.remove(str(SCRIPTS))
+
+
+def machine_paths(text: str) -> list[str]:
+    """The absolute paths of some machine in text."""
+    return MACHINE_PATH.findall(text)
 
 
 def cuda_available() -> bool:
@@ -93,11 +107,12 @@ def parse_plan(stdout: str) -> tuple[dict[str, dict[str, str]], list[str], list[
     return header, wheels, install, runs
 
 
-def check_plan(stdout: str, results_root: Path, wheel_names: list[str]) -> dict[str, dict[str, str]]:
+def check_plan(stdout: str, results_root: Path, wheel_names: list[str], full: bool = False) -> dict[str, dict[str, str]]:
     """Assert the dry run lists the 8 runs in order with the right environment; return its header."""
     header, wheels, install, runs = parse_plan(stdout)
     slug = header["GPU"]["slug"]
     assert re.fullmatch(r"[a-z0-9-]+", slug)
+    assert header["SETTINGS"]["mode"] == ("full" if full else "smoke")
     training, compare = COURSE_NOTEBOOKS[:3], COURSE_NOTEBOOKS[3:]  # comparisons last: the deadline skips them first
     expected = [(regime, nb) for nb_group in (training, compare) for regime in ("native", "t4") for nb in nb_group]
     assert [(r["regime"], r["notebook"]) for r in runs] == expected
@@ -106,14 +121,15 @@ def check_plan(stdout: str, results_root: Path, wheel_names: list[str]) -> dict[
         env, regime = run["env"], run["regime"]
         assert (ROOT / run["notebook"]).is_file()
         assert float(run["timeout_s"]) > 0
-        assert set(env) == RUN_ENV_KEYS | ({"COURSE_GPU_MEMORY_GIB", "COURSE_PLAN"} if regime == "t4" else set())
+        keys = RUN_ENV_KEYS - ({"COURSE_SMOKE"} if full else set())  # --full: the notebooks' real budget
+        assert set(env) == keys | ({"COURSE_GPU_MEMORY_GIB", "COURSE_PLAN"} if regime == "t4" else set())
         assert env["COURSE_PROFILE"] == "llama-3.2-1b-random"
-        assert env["COURSE_SMOKE"] == "1"
+        assert env.get("COURSE_SMOKE") == (None if full else "1")
         assert env["COURSE_PRECISION"] == {"native": "auto", "t4": "fp16"}[regime]
         if regime == "t4":
             assert env["COURSE_GPU_MEMORY_GIB"] == "15"
             assert env["COURSE_PLAN"] == "low memory", "the T4 verdict for full fine-tuning is measured"
-        assert env["COURSE_RESULTS_DIR"] == str(results_root / slug / regime)
+        assert env["COURSE_RESULTS_DIR"] == str(results_root / slug / ("full" if full else "") / regime)
         for key in ("COURSE_OUTPUT_DIR", "COURSE_CACHE_DIR"):  # scratch, outside the repository
             assert Path(env[key]).is_absolute() and not Path(env[key]).is_relative_to(ROOT)
         assert env["HF_HUB_OFFLINE"] == "1"
@@ -159,6 +175,49 @@ def test_dry_run_flag(tmp_path):
     assert float(header["SETTINGS"]["budget_s"]) == 450
 
 
+def test_full_dry_run_plans_the_real_budget(tmp_path):
+    """--full --dry-run: the same 8 runs without COURSE_SMOKE, into <slug>/full/<regime>, under a 9-minute deadline."""
+    (tmp_path / "wheels").mkdir()
+    done = gpu_check("--full", "--dry-run", cwd=tmp_path, GPU_CHECK_WHEELS=str(tmp_path / "wheels"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    header = check_plan(done.stdout, ROOT / "results" / "gpu", [], full=True)
+    budget, timeout = float(header["SETTINGS"]["budget_s"]), float(header["SETTINGS"]["notebook_timeout_s"])
+    assert budget + gpu_check_script.KILL_GRACE_S <= 9 * 60  # it ends within 9 minutes, the backstop included
+    assert 400 <= budget and timeout < budget - gpu_check_script.MIN_RUN_S  # one stuck notebook leaves room for more
+    assert all(float(run["timeout_s"]) == timeout for run in parse_plan(done.stdout)[3])
+
+
+def test_mfu_counts_6n_for_full_and_4n_plus_2_trainable_for_adapters():
+    """FLOPs per token: 2 forward + 2 input-gradient per weight, 2 more per trainable weight; over the GPU's peak."""
+    assert gpu_check_script.flops_per_token(1_000, 1_000) == 6_000  # full fine-tuning: 6 N
+    assert gpu_check_script.flops_per_token(1_000, 10) == 4 * 990 + 6 * 10  # LoRA: 4 N_frozen + 6 N_trainable
+    # 500 tokens/s x (4 x 2e9 + 2 x 1e9) FLOPs per token = 5e12 FLOP/s, over a 20e12 peak
+    assert gpu_check_script.mfu(500, 2e9, 1e9, 20e12) == pytest.approx(0.25)
+    peaks = {"NVIDIA H200": 989, "NVIDIA H100 80GB HBM3": 989, "NVIDIA A100-SXM4-80GB": 312, "NVIDIA L4": 121,
+             "Tesla T4": 65, "NVIDIA H100 PCIe": None, "NVIDIA L40S": None, "cpu": None}
+    for name, tflops in peaks.items():
+        assert gpu_check_script.peak_flops(name) == (tflops and tflops * 1e12), name
+
+
+def fake_results(method: str, total: int, trainable: int, tokens_per_second: float) -> dict:
+    """The fields of a notebook's results file that a run's cost reads."""
+    train = {"peak_bytes": 3 * 2**30, "peak_reserved_bytes": 4 * 2**30}
+    return {"method": method, "total_params": total, "trainable_params": trainable, "train_seconds": 12.5,
+            "train_tokens_per_second": tokens_per_second, "peak_memory": {"train": train}}
+
+
+def test_run_cost_from_a_results_file():
+    cost = gpu_check_script.run_cost(fake_results("lora", 1_010_000_000, 10_000_000, 10_000), "NVIDIA H200", 61.0)
+    assert cost["wall_s"] == 61.0 and cost["train_seconds"] == 12.5 and cost["train_tokens_per_second"] == 10_000
+    assert cost["train_peak_allocated_bytes"] == 3 * 2**30 and cost["train_peak_reserved_bytes"] == 4 * 2**30
+    assert cost["flops_per_token"] == 4 * 1_000_000_000 + 6 * 10_000_000
+    assert cost["mfu"] == pytest.approx(10_000 * 4.06e9 / 989e12) and cost["mfu_note"] is None
+    line = gpu_check_script.cost_line(cost)
+    assert "10,000 tokens/s" in line and "3.00 GiB allocated / 4.00 GiB reserved" in line and line.endswith("MFU 4.1%")
+    unknown = gpu_check_script.run_cost(fake_results("full", 100, 100, 5.0), "Some GPU", 1.0)
+    assert unknown["mfu"] is None and unknown["peak_tflops"] is None and "'Some GPU'" in unknown["mfu_note"]
+
+
 def write_notebook(path: Path, cells: list) -> Path:
     nbformat.write(new_notebook(cells=cells), path)
     return path
@@ -195,12 +254,14 @@ def test_gpu_check_runs_writes_check_json_and_packs_out(tmp_path):
     )
     assert done.returncode == 1, done.stdout + done.stderr  # bad.ipynb failed
     for regime, cap in (("native", "None"), ("t4", "15")):
-        check = json.loads((results / "cpu" / regime / "check.json").read_text())
+        text = (results / "cpu" / regime / "check.json").read_text()
+        assert machine_paths(text) == [] and str(tmp_path) not in text
+        check = json.loads(text)
         assert check["regime"] == regime and check["gpu_slug"] == "cpu" and check["ok"] is False
         assert check["preflight"]["ok"] is True
         assert check["versions"]["transformers"] and check["versions"]["nbclient"]
         assert ("COURSE_GPU_MEMORY_GIB" in check["env"]) == (regime == "t4")
-        assert check["env"]["COURSE_RESULTS_DIR"] == str(results / "cpu" / regime)
+        assert check["env"]["COURSE_RESULTS_DIR"] == f"<results>/cpu/{regime}"  # outside the repository
         runs = check["notebooks"]
         assert runs["ok.ipynb"]["status"] == "ok" and runs["ok.ipynb"]["ok"] is True
         assert runs["ok.ipynb"]["seconds"] > 0 and runs["ok.ipynb"]["error"] is None
@@ -209,8 +270,8 @@ def test_gpu_check_runs_writes_check_json_and_packs_out(tmp_path):
         assert check["golden"]["ok.ipynb"] == {"1": f"precision {precision} cap {cap}\nsmoke on: True\n"}
         assert check["golden"]["bad.ipynb"] == {"0": "golden check: False\n"}
         assert check["golden_false"] == ["bad.ipynb cell 0: golden check: False"]
-        executed = Path(runs["ok.ipynb"]["executed"])
-        assert executed.is_relative_to(tmp_path / "scratch") and executed.exists()
+        assert runs["ok.ipynb"]["executed"] == f"<scratch>/executed/{regime}/ok.ipynb"
+        assert (tmp_path / "scratch" / "executed" / regime / "ok.ipynb").exists()
     assert {p: p.read_bytes() for p in (ok, bad)} == sources  # the notebooks themselves are untouched
     names = sorted(p.name for p in out.iterdir())
     assert names == ["failed-native-bad.ipynb", "failed-t4-bad.ipynb", "gpu_check.log", "gpu_results.tar.gz"]
@@ -242,17 +303,84 @@ def test_a_failed_install_runs_nothing_and_says_why(tmp_path):
     assert not (tmp_path / "scratch" / "executed").exists()
 
 
+def test_full_check_records_each_runs_cost(tmp_path):
+    """--full on CPU: no COURSE_SMOKE, results in cpu/full/<regime>, the cost read from the notebook's results file."""
+    lora = write_notebook(
+        tmp_path / "02_lora.ipynb",
+        [new_code_cell(
+            "import json, os, pathlib\n"
+            "assert 'COURSE_SMOKE' not in os.environ\n"
+            f"results = {fake_results('lora', 1_010_000_000, 10_000_000, 2_000.0)!r}\n"
+            "pathlib.Path(os.environ['COURSE_RESULTS_DIR'], 'lora.json').write_text(json.dumps(results))"
+        )],
+    )
+    (tmp_path / "wheels").mkdir()
+    results = tmp_path / "results"
+    done = gpu_check(
+        "--allow-cpu", "--full",
+        cwd=tmp_path,
+        GPU_CHECK_NOTEBOOKS=str(lora),
+        GPU_CHECK_REGIMES="native",
+        GPU_CHECK_WHEELS=str(tmp_path / "wheels"),
+        GPU_CHECK_SCRATCH=str(tmp_path / "scratch"),
+        GPU_CHECK_RESULTS=str(results),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (results / "cpu" / "native").exists()  # the smoke check's folder is left alone
+    check = json.loads((results / "cpu" / "full" / "native" / "check.json").read_text())
+    assert check["settings"]["mode"] == "full" and "COURSE_SMOKE" not in check["env"]
+    cost = check["notebooks"]["02_lora.ipynb"]["cost"]
+    assert cost["train_tokens_per_second"] == 2_000.0 and cost["trainable_params"] == 10_000_000
+    assert cost["wall_s"] == check["notebooks"]["02_lora.ipynb"]["seconds"]
+    assert cost["mfu"] is None and cost["mfu_note"] == "no dense bf16/fp16 peak listed for 'cpu'"
+    assert "2,000 tokens/s" in done.stdout and "3.00 GiB allocated / 4.00 GiB reserved" in done.stdout
+
+
+def test_check_files_name_no_machine_paths(tmp_path, monkeypatch):
+    """check.json names the scratch folder, the wheels' site and the Python install by label; the notebooks get real paths."""
+    scratch, site = tmp_path / "scratch", tmp_path / "site"
+    monkeypatch.setenv("GPU_CHECK_SCRATCH", str(scratch))
+    monkeypatch.setenv("GPU_CHECK_SITE", str(site))
+    monkeypatch.setenv("GPU_CHECK_RESULTS", str(ROOT / "results" / "gpu"))
+    monkeypatch.setenv("PYTHONPATH", f"{site}:{site}")
+    check = gpu_check_script.Check("Fake GPU", "fake-gpu", cuda=False)
+    monkeypatch.setattr(check, "results_dir", lambda regime: tmp_path / "results" / regime)  # write nothing in the repo
+    packages, stdlib = sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"]
+    error = (f'File "{packages}/torch/nn/modules/module.py", line 1\nFile "{site}/transformers/trainer.py", line 2\n'
+             f'File "{stdlib}/asyncio/base_events.py", line 3\nin {Path.home()}/notes and {ROOT}/helpers/fit.py')
+    for run in check.runs:
+        run.record = {"status": "failed", "ok": False, "seconds": 1.0, "error": error,
+                      "executed": str(check.executed_path(run))}
+    check.write_checks()
+    for regime in ("native", "t4"):
+        text = (tmp_path / "results" / regime / "check.json").read_text()
+        assert machine_paths(text) == [] and str(tmp_path) not in text
+        saved = json.loads(text)
+        assert saved["env"]["COURSE_RESULTS_DIR"] == f"results/gpu/fake-gpu/{regime}"  # in the repository: relative
+        assert saved["env"]["COURSE_OUTPUT_DIR"] == f"<scratch>/{regime}/outputs"
+        assert saved["env"]["COURSE_CACHE_DIR"] == "<scratch>/cache"
+        assert saved["pythonpath"] == "<site>:<site>"
+        run = saved["notebooks"]["02_lora.ipynb"]
+        assert run["executed"] == f"<scratch>/executed/{regime}/02_lora.ipynb"
+        lines = run["error"].splitlines()  # the interpreter's folders: <site-packages>, <stdlib> or inside the repository
+        assert lines[0].endswith('/torch/nn/modules/module.py", line 1') and lines[2].endswith('/asyncio/base_events.py", line 3')
+        assert lines[1] == 'File "<site>/transformers/trainer.py", line 2' and lines[3] == "in ~/notes and helpers/fit.py"
+    assert check.runs[0].env["COURSE_OUTPUT_DIR"] == str(scratch.resolve() / "native" / "outputs")  # as it was
+
+
+def test_committed_gpu_results_hold_no_machine_paths():
+    files = sorted((ROOT / "results" / "gpu").glob("**/*.json"))
+    assert files
+    found = {str(path.relative_to(ROOT)): machine_paths(path.read_text()) for path in files}
+    assert {name: paths for name, paths in found.items() if paths} == {}
+
+
 def test_runs_past_the_deadline_are_skipped(tmp_path, monkeypatch):
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(SCRIPTS))
     monkeypatch.setenv("GPU_CHECK_BUDGET_S", "0")
     monkeypatch.setenv("GPU_CHECK_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("GPU_CHECK_SCRATCH", str(tmp_path / "scratch"))
     monkeypatch.setenv("GPU_CHECK_REGIMES", "t4")
-    check = gpu_check.Check("Fake GPU 80GB", gpu_check.slugify("Fake GPU 80GB"), cuda=False)
+    check = gpu_check_script.Check("Fake GPU 80GB", gpu_check_script.slugify("Fake GPU 80GB"), cuda=False)
     check.preflight = {"ok": True, "error": None}
     check.prepare()
     check.run_all()

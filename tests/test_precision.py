@@ -53,24 +53,52 @@ def stepped_dtypes(trainer) -> set[torch.dtype]:
     return {p.dtype for group in optimizer.param_groups for p in group["params"]}
 
 
-QLORA_CELLS = ["bnb_config = BitsAndBytesConfig(", "raw = load_dataset_any(", "model = prepare_model_for_kbit_training(",
-               "lora_config = LoraConfig(", "trainer = SFTTrainer("]
+QLORA_CELLS = ["bnb_config = BitsAndBytesConfig(", "raw = load_dataset_any(", "rows = [tokenize_with_mask(",
+               "model = prepare_model_for_kbit_training(", "lora_config = LoraConfig(", "memory_plans = {}",
+               "trainer = SFTTrainer("]
 
 
-@pytest.mark.parametrize("regime, expected", [("bf16", torch.bfloat16), ("fp16", torch.float32), ("fp32", torch.float32)])
-def test_qlora_adapters_are_stepped_in_a_dtype_the_regime_can_train(tmp_path, regime, expected):
-    """TRL casts a 4-bit model's adapters to bf16; fp16's GradScaler can't unscale bf16 gradients on CUDA."""
-    ns = run_cells("03_qlora.ipynb", QLORA_CELLS, notebook_namespace(tmp_path, REGIMES[regime]))
+def hidden_state_dtype(trainer) -> torch.dtype:
+    """The dtype of the hidden states leaving the embedding in a forward pass as the Trainer runs it (its autocast)."""
+    model = trainer.model
+    seen = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    try:
+        with torch.no_grad(), trainer.autocast_smart_context_manager():
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+def test_qlora_keeps_frozen_weights_in_the_compute_dtype_and_trains_float32_adapters(tmp_path, regime):
+    """Issue 23: PEFT's float32 embedding and norms doubled QLoRA's activations on a GPU; bf16 adapters break fp16."""
+    precision = REGIMES[regime]
+    ns = run_cells("03_qlora.ipynb", QLORA_CELLS, notebook_namespace(tmp_path, precision))
     assert ns["training_args"].fp16 == (regime == "fp16") and ns["training_args"].bf16 == (regime == "bf16")
-    assert stepped_dtypes(ns["trainer"]) == {expected}
+    trainer = ns["trainer"]
+    for name, param in trainer.model.named_parameters():
+        if param.requires_grad:
+            assert param.dtype == torch.float32, f"{name}: trainable in {param.dtype}"
+        elif param.dtype != torch.uint8:  # uint8: the packed 4-bit weights
+            assert param.dtype == precision.torch_dtype, f"{name}: frozen in {param.dtype}, not {precision.torch_dtype}"
+    assert stepped_dtypes(trainer) == {torch.float32}
+    assert hidden_state_dtype(trainer) == precision.torch_dtype
+
+
+LORA_CELLS = ["model = AutoModelForCausalLM.from_pretrained(", "raw = load_dataset_any(", "rows = [tokenize_with_mask(",
+              "lora_config = LoraConfig(", "memory_plans = {}", "trainer = SFTTrainer("]
 
 
 @pytest.mark.parametrize("regime", REGIMES)
 def test_lora_adapters_are_stepped_in_float32(tmp_path, regime):
-    cells = ["model = AutoModelForCausalLM.from_pretrained(", "raw = load_dataset_any(", "lora_config = LoraConfig(",
-             "trainer = SFTTrainer("]
-    ns = run_cells("02_lora.ipynb", cells, notebook_namespace(tmp_path, REGIMES[regime]))
+    ns = run_cells("02_lora.ipynb", LORA_CELLS, notebook_namespace(tmp_path, REGIMES[regime]))
     assert stepped_dtypes(ns["trainer"]) == {torch.float32}
+    frozen = {p.dtype for p in ns["trainer"].model.parameters() if not p.requires_grad}
+    assert frozen == {REGIMES[regime].torch_dtype}
+    assert hidden_state_dtype(ns["trainer"]) == REGIMES[regime].torch_dtype
 
 
 FULL_CELLS = ["tracker = MemoryTracker(", "raw = load_dataset_any(", "rows = [tokenize_with_mask(",
@@ -132,8 +160,7 @@ def test_full_fine_tuning_falls_back_to_pure_bf16_only_when_nothing_else_fits(tm
     [
         ("01_full_finetuning.ipynb", [*FULL_CELLS, "train_output = trainer.train(", "model_dir = output_dir / \"full-model\"",
                                       "reloaded = AutoModelForCausalLM.from_pretrained(model_dir"]),
-        ("02_lora.ipynb", ["model = AutoModelForCausalLM.from_pretrained(", "raw = load_dataset_any(", "lora_config = LoraConfig(",
-                           "trainer = SFTTrainer(", "train_output = trainer.train(", "adapter_dir = output_dir / \"lora-adapter\"",
+        ("02_lora.ipynb", [*LORA_CELLS, "train_output = trainer.train(", "adapter_dir = output_dir / \"lora-adapter\"",
                            "reloaded = PeftModel.from_pretrained(fresh_base"]),
     ],
     ids=["full", "lora"],
@@ -143,3 +170,35 @@ def test_trained_and_reloaded_models_compute_alike_under_bf16(tmp_path, name, ce
     ns = run_cells(name, cells, notebook_namespace(tmp_path, BF16))
     assert "_original_forward" not in vars(ns["model"]), "the Trainer's autocast wrapper is still on the trained model"
     assert torch.equal(ns["logits_trained"], ns["logits_reloaded"])
+
+
+@pytest.mark.parametrize("name, cells", [("02_lora.ipynb", LORA_CELLS), ("03_qlora.ipynb", QLORA_CELLS)], ids=["lora", "qlora"])
+def test_the_adapter_memory_plan_checkpoints_only_when_the_batch_would_not_fit(tmp_path, capsys, name, cells):
+    """Issue 23: gradient checkpointing on when the estimate says the batch won't fit, off otherwise, said in the cell."""
+    ns = notebook_namespace(tmp_path, BF16)
+    ns["TRAIN_EXAMPLES"] = 4  # fewer than a batch: the largest batch, and the estimate, hold 4 examples
+    run_cells(name, cells, ns)
+    assert ns["batch"] == 4 and ns["memory_plans"]["no checkpointing"] == ns["estimate_for_model"](
+        ns["model"], optimizer="adamw_torch", batch_size=4, seq_len=ns["longest"], compute_bytes=2, loss_tokens=None)
+    assert ns["memory_plan"] == "no checkpointing" and ns["training_args"].gradient_checkpointing is False
+    assert "gradient checkpointing off" in capsys.readouterr().out
+    need = {plan: estimate["total"] for plan, estimate in ns["memory_plans"].items()}
+    assert need["gradient checkpointing"] < need["no checkpointing"]
+    ns["hardware"].total_memory_bytes = int((need["gradient checkpointing"] + need["no checkpointing"]) / 2 / 0.9)
+    run_cells(name, ["memory_plans = {}", "trainer = SFTTrainer("], ns)
+    assert ns["memory_plan"] == "gradient checkpointing" and ns["training_args"].gradient_checkpointing is True
+    assert "does not fit" in capsys.readouterr().out and ns["trainer"].args.gradient_checkpointing
+    ns["hardware"].total_memory_bytes = need["gradient checkpointing"] // 2
+    with pytest.raises(MemoryError, match="No plan fits"):
+        run_cells(name, ["memory_plans = {}"], ns)
+
+
+def test_notebook_1_estimates_the_largest_micro_batch_the_data_gives(tmp_path):
+    """A training set smaller than a plan's micro-batch makes a smaller batch: the estimate must not count 8."""
+    ns = notebook_namespace(tmp_path, BF16)
+    ns["TRAIN_EXAMPLES"] = 4
+    run_cells("01_full_finetuning.ipynb", FULL_CELLS[:5], ns)
+    plain = ns["plans"][0]
+    assert plain["micro_batch"] == 8
+    assert ns["plan_estimate"](plain) == ns["training_memory"]({**plain, "micro_batch": 4}, ns["cfg"], ns["total"],
+                                                               ns["longest"], 2, None)
