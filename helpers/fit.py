@@ -16,7 +16,7 @@ from helpers.memory import (
     fit_verdict,
     shape_of,
 )
-from helpers.models import llama_config
+from helpers.models import LLAMA_3_2_1B, llama_config
 
 # GPU memory roughly as nvidia-smi reports it, in MiB, and whether the GPU computes in bf16 natively.
 GPUS = {
@@ -138,3 +138,41 @@ def planned_estimate(
         if fit_verdict(estimate, capacity_bytes, where=where, reserve_bytes=reserve_bytes)[0]:
             return True, estimate, checkpointing
     return False, estimate, checkpointing
+
+
+@functools.cache
+def _first_examples_shape(train_examples: int) -> tuple[int, int]:
+    """(longest example, longest reply) in tokens of the course data's first training examples, in Llama 3.2's template."""
+    from helpers.data import load_dataset_any, to_conversational
+    from helpers.evaluate import tokenize_with_mask
+    from helpers.models import CHAT_TEMPLATE_KWARGS, llama_3_2_tokenizer
+
+    raw = load_dataset_any("support", None, {"train": train_examples})
+    dataset = to_conversational(raw, chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
+    tokenizer = llama_3_2_tokenizer()
+    rows = [tokenize_with_mask(tokenizer, example) for example in dataset["train"]]
+    return max(len(ids) for ids, _ in rows), max(sum(t != -100 for t in labels) for _, labels in rows)
+
+
+def run_estimate(result: dict) -> dict[str, int]:
+    """Today's estimate for a notebook's run with Llama 3.2 1B's shapes, from the plan and data its results file records.
+
+    Runs from before issue 23 record no memory_plan: their batch is measured from the course data's first examples,
+    and QLoRA's dtypes are PEFT's and TRL's (float32 embedding and norms, bf16 adapters under bf16).
+    """
+    config, method, bf16 = result["config"], result["method"], result["dtype"] == "bf16"
+    shape = config.get("memory_plan") or dict(
+        zip(("seq_len", "longest_reply"), _first_examples_shape(config["train_examples"]), strict=True)
+    )
+    kwargs = {}
+    if method == "full":
+        plan = config["plan"]
+        name = "full, 8-bit" if "8bit" in plan["optim"] else "full"
+        batch, checkpointing = min(plan["micro_batch"], config["train_examples"]), plan["checkpointing"]
+    else:
+        name, batch = method, shape.get("batch", min(8, config["train_examples"]))
+        checkpointing = config.get("memory_plan", {}).get("name") == "gradient checkpointing"
+    if method == "qlora" and "embedding_dtype" not in config:
+        kwargs = {"upcast": True, "adapter_fp32": not bf16}
+    return method_estimate(LLAMA_3_2_1B, name, seq_len=shape["seq_len"], batch_size=batch, bf16=bf16,
+                           gradient_checkpointing=checkpointing, loss_tokens=batch * shape["longest_reply"], **kwargs)

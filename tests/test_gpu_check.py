@@ -488,3 +488,23 @@ def test_wheel_kit_check_catches_two_versions(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert "ERROR two wheels of comm" in done.stdout
+
+
+def test_notebook_4_shows_each_full_budget_runs_cost(tmp_path, capsys):
+    """Issue 23: notebook 4 prints what a learner's run cost on the GPU, from check.json's per-notebook cost."""
+    from test_precision import run_cells
+
+    from helpers.memory import format_bytes
+
+    cost = gpu_check_script.run_cost(fake_results("lora", 1_010_000_000, 10_000_000, 10_000), "NVIDIA H200", 61.0)
+    check = {"gpu": "NVIDIA H200", "regime": "native",
+             "notebooks": {"02_lora.ipynb": {"status": "ok", "cost": cost}, "03_qlora.ipynb": {"status": "skipped"}}}
+    folder = tmp_path / "results" / "gpu" / "nvidia-h200" / "full" / "native"
+    folder.mkdir(parents=True)
+    (folder / "check.json").write_text(json.dumps(check))
+    run_cells("04_compare.ipynb", ['full_checks = sorted('], {"ROOT": tmp_path, "json": json, "format_bytes": format_bytes})
+    out = capsys.readouterr().out
+    assert "NVIDIA H200, native regime (full budget):" in out and "03_qlora.ipynb: skipped" in out
+    assert "02_lora.ipynb: 61 s in all, training 12 s at 10,000 tokens/s, train peak 3.00 GiB allocated, 4.00 GiB reserved, MFU 4%" in out
+    run_cells("04_compare.ipynb", ['full_checks = sorted('], {"ROOT": tmp_path / "none", "json": json})
+    assert "No full-budget GPU run is committed yet" in capsys.readouterr().out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 import time
@@ -12,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers.fit import run_estimate
 from helpers.memory import (
     QUANT_CONSTANTS_KEY,
     MemoryTracker,
@@ -275,46 +275,12 @@ GPU_RESULTS = sorted((ROOT / "results" / "gpu").glob("*/*/*.json"))
 NOTEBOOK_ROWS = [p for p in GPU_RESULTS if p.stem in ("full", "lora", "qlora")]
 
 
-@functools.cache
-def smoke_shape(train_examples: int) -> tuple[int, int]:
-    """(longest example, longest reply) in tokens of the first training examples, in Llama 3.2's template."""
-    from helpers.data import load_dataset_any, to_conversational
-    from helpers.evaluate import tokenize_with_mask
-    from helpers.models import CHAT_TEMPLATE_KWARGS, llama_3_2_tokenizer
-
-    raw = load_dataset_any("support", None, {"train": train_examples})
-    dataset = to_conversational(raw, chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
-    rows = [tokenize_with_mask(llama_3_2_tokenizer(), example) for example in dataset["train"]]
-    return max(len(ids) for ids, _ in rows), max(sum(t != -100 for t in labels) for _, labels in rows)
-
-
-def notebook_estimate(result: dict) -> dict[str, int]:
-    """What the estimator says for a notebook's GPU run, from the plan and data its results file records."""
-    from helpers.fit import method_estimate
-    from helpers.models import LLAMA_3_2_1B
-
-    config, method, bf16 = result["config"], result["method"], result["dtype"] == "bf16"
-    shape = config.get("memory_plan") or dict(zip(("seq_len", "longest_reply"), smoke_shape(config["train_examples"]), strict=True))
-    kwargs = {}
-    if method == "full":
-        plan = config["plan"]
-        name = "full, 8-bit" if "8bit" in plan["optim"] else "full"
-        batch, checkpointing = min(plan["micro_batch"], config["train_examples"]), plan["checkpointing"]
-    else:
-        name, batch = method, min(8, config["train_examples"])
-        checkpointing = config.get("memory_plan", {}).get("name") == "gradient checkpointing"
-    if method == "qlora" and "embedding_dtype" not in config:  # run before issue 23: PEFT's and TRL's dtypes
-        kwargs = {"upcast": True, "adapter_fp32": not bf16}
-    return method_estimate(LLAMA_3_2_1B, name, seq_len=shape["seq_len"], batch_size=batch, bf16=bf16,
-                           gradient_checkpointing=checkpointing, loss_tokens=batch * shape["longest_reply"], **kwargs)
-
-
 @pytest.mark.parametrize("path", NOTEBOOK_ROWS, ids=[f"{p.parent.parent.name}-{p.parent.name}-{p.stem}" for p in NOTEBOOK_ROWS])
 def test_the_estimator_is_within_10_percent_of_the_gpu_runs_train_peak(path):
     """Issue 23: in the notebooks' settings, in both regimes, estimate / measured train peak allocated in 0.9-1.1."""
     result = json.loads(path.read_text(encoding="utf-8"))
     measured = result["peak_memory"]["train"]["peak_bytes"]
-    estimate = notebook_estimate(result)
+    estimate = run_estimate(result)
     ratio = estimate.get("total_on_gpu", estimate["total"]) / measured
     assert 0.9 <= ratio <= 1.1, f"estimate / measured = {ratio:.3f}"
     if "memory_plan" in result["config"]:  # the notebook's own estimate, as it printed it
