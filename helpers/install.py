@@ -6,6 +6,7 @@ Standard library only: it runs before any of the course's libraries may be impor
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -100,3 +101,16 @@ def setup_notebook() -> None:
     import datasets  # only now: install_missing may just have installed it
 
     datasets.disable_progress_bars()  # per-row "Map" bars add nothing for a few thousand examples
+    if os.environ.get("TQDM_DISABLE"):  # tqdm's own switch, set by scripts/run_course.py for stored runs
+        quiet_trainer_progress()
+
+
+def quiet_trainer_progress() -> None:
+    """Give the Trainer tqdm's text progress bar, which TQDM_DISABLE silences, instead of its HTML one, which it doesn't.
+
+    In a notebook the Trainer shows an HTML table that a stored run saves as "<IPython.core.display.HTML object>".
+    """
+    import transformers.trainer
+    from transformers.trainer_callback import ProgressCallback
+
+    transformers.trainer.DEFAULT_PROGRESS_CALLBACK = ProgressCallback

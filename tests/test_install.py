@@ -116,3 +116,22 @@ def test_the_setup_cells_call_the_install_rule_in_a_few_lines():
         before = cells[: next(i for i, c in enumerate(cells) if "PROFILE = " in "".join(c["source"]))]
         lines = [line for c in before if c["cell_type"] == "code" for line in "".join(c["source"]).splitlines()]
         assert len([line for line in lines if line.strip()]) <= 8, f"{path.name}: the opening is plumbing, keep it short"
+
+
+def test_stored_runs_give_the_trainer_a_progress_bar_tqdm_disable_silences(monkeypatch, tmp_path):
+    """In a notebook the Trainer's HTML bar ignores TQDM_DISABLE and is stored as '<IPython.core.display.HTML object>'."""
+    import transformers.trainer
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_callback import ProgressCallback
+    from transformers.utils.notebook import NotebookProgressCallback
+
+    from helpers.install import quiet_trainer_progress
+
+    monkeypatch.setattr(transformers.trainer, "DEFAULT_PROGRESS_CALLBACK", NotebookProgressCallback)  # as in Jupyter
+    quiet_trainer_progress()
+    import torch
+
+    model = torch.nn.Linear(2, 2)
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    kinds = {type(c) for c in trainer.callback_handler.callbacks}
+    assert ProgressCallback in kinds and NotebookProgressCallback not in kinds
