@@ -15,9 +15,9 @@ themselves get the real paths).
 --full: the same runs in the same order at the notebooks' real budget (COURSE_SMOKE unset), into
 results/gpu/<gpu>/full/<regime>/ (the smoke results stay; notebook 4's table of GPU rows does not read this folder),
 with a deadline of 520 s and 300 s per notebook, so that it ends within 9 minutes even when the kill backstop
-fires: what does not fit is skipped, the comparisons first. Each run whose notebook wrote its results file gets a "cost" in check.json, also printed:
-the run's wall seconds, train seconds and tokens/s, the train peaks allocated and reserved (from the results file)
-and the model FLOPs utilisation, MFU = tokens/s x FLOPs per token / the GPU's dense bf16/fp16 peak (PEAK_TFLOPS;
+fires: what does not fit is skipped, the comparisons first. Each run whose notebook wrote its results file gets a
+"cost" in check.json, also printed: the run's wall seconds, train seconds and tokens/s, the train peaks allocated
+and reserved (from the results file) and the model FLOPs utilisation, MFU = tokens/s x FLOPs per token / the GPU's dense bf16/fp16 peak (PEAK_TFLOPS;
 null, with the reason, for a GPU not listed). FLOPs per trained token: 2 per weight forward, 2 per weight backward
 for the input gradient (frozen weights too), 2 more per trainable weight for its own gradient; that is 6 N for full
 fine-tuning and 4 N_frozen + 6 N_trainable for LoRA and QLoRA. Attention's seq^2 term, QLoRA's dequantization and
