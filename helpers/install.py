@@ -106,11 +106,12 @@ def setup_notebook() -> None:
 
 
 def quiet_trainer_progress() -> None:
-    """Give the Trainer tqdm's text progress bar, which TQDM_DISABLE silences, instead of its HTML one, which it doesn't.
+    """No Trainer progress bar at all: its HTML one ignores TQDM_DISABLE, and its text one still prints each log line.
 
-    In a notebook the Trainer shows an HTML table that a stored run saves as "<IPython.core.display.HTML object>".
+    In a notebook the Trainer shows an HTML table that a stored run saves as "<IPython.core.display.HTML object>";
+    the loss curve is plotted from trainer.state.log_history instead.
     """
     import transformers.trainer
-    from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import TrainerCallback
 
-    transformers.trainer.DEFAULT_PROGRESS_CALLBACK = ProgressCallback
+    transformers.trainer.DEFAULT_PROGRESS_CALLBACK = TrainerCallback  # the base class: does nothing, prints nothing
