@@ -10,6 +10,8 @@ writes
     data/support/validation.jsonl   300 examples
     data/support/test.jsonl         300 examples
     data/pretrain/corpus.txt       ~1.5 MB of prose, one paragraph per line
+    data/pretrain/heldout.txt       200 more paragraphs from the same generator, never in corpus.txt: the tiny
+                                   model's general-text set (its loss before and after fine-tuning measures forgetting)
 
 Each support example is one JSON object per line with the keys
 id, category, order_id, product, prompt, completion. The completion always
@@ -33,6 +35,7 @@ from pathlib import Path
 SEED = 1234
 SPLIT_SIZES = {"train": 3000, "validation": 300, "test": 300}
 CORPUS_BYTES = 1_500_000
+HELDOUT_PARAGRAPHS = 200
 DATA_DIR = Path(__file__).resolve().parent
 
 PROMPT_WORDS = (12, 60)  # min and max words in a customer message
@@ -1096,6 +1099,19 @@ def generate_corpus(seed: int = SEED, target_bytes: int = CORPUS_BYTES) -> list[
     return lines
 
 
+def generate_heldout(seed: int = SEED, count: int = HELDOUT_PARAGRAPHS) -> list[str]:
+    """Paragraphs from the corpus's generator with another random stream: pretraining-like text the model never read."""
+    rng = random.Random(seed + 8)
+    pool = order_pools(seed)["corpus"]
+    seen = set(generate_corpus(seed))
+    lines: list[str] = []
+    while len(lines) < count:
+        text = paragraph(rng, pool)
+        if text not in seen:
+            lines.append(text)
+    return lines
+
+
 # ---------------------------------------------------------------------------
 # Writing files
 # ---------------------------------------------------------------------------
@@ -1125,6 +1141,8 @@ def main(out_dir: Path = DATA_DIR, corpus_bytes: int = CORPUS_BYTES) -> None:
     corpus_path.parent.mkdir(parents=True, exist_ok=True)
     with corpus_path.open("w", encoding="utf-8", newline="\n") as f:
         f.write("\n".join(lines) + "\n")
+    with (out_dir / "pretrain" / "heldout.txt").open("w", encoding="utf-8", newline="\n") as f:
+        f.write("\n".join(generate_heldout()) + "\n")
     sizes = ", ".join(f"{split} {len(rows)}" for split, rows in splits.items())
     print(f"wrote {out_dir / 'support'} ({sizes}) and {corpus_path} ({corpus_path.stat().st_size} bytes)")
 

@@ -180,3 +180,57 @@ def benchmark_findings(run: dict) -> list[str]:
                 "on its own data and kernels)"
             )
     return lines
+
+
+def seed_noise(run: dict) -> float | None:
+    """The largest speed change a second seed alone gave in a benchmark run (|naive, seed 43 / naive - 1|), or None."""
+    by_row = {(r["method"], r["row"]): r for r in run["rows"] if "error" not in r}
+    gaps = [
+        abs(by_row[m, "naive, seed 43"]["tokens_per_second"] / by_row[m, "naive"]["tokens_per_second"] - 1)
+        for m, row in by_row
+        if row == "naive, seed 43" and (m, "naive") in by_row
+    ]
+    return max(gaps) if gaps else None
+
+
+def recommend(options: dict[str, dict], better: set[tuple[str, str]], speed_noise: float) -> tuple[str | None, str]:
+    """The method to use on one GPU, and why.
+
+    options: per method, {"fits": bool, "need_bytes": int, "tokens_per_second": float or None}.
+    better: (winner, loser) pairs that a paired test found different. Of the methods that fit, those that no other
+    fitting method beat are kept; of these, the fastest (speeds within speed_noise of the fastest tie), and of
+    those the one that needs the least memory.
+    """
+    fitting = [m for m, o in options.items() if o["fits"]]
+    if not fitting:
+        return None, "nothing fits"
+    kept = [m for m in fitting if not any((other, m) in better for other in fitting)]
+    beaten = [m for m in fitting if m not in kept]
+    speeds = [options[m]["tokens_per_second"] for m in kept if options[m]["tokens_per_second"]]
+    fastest = max(speeds, default=None)
+    if fastest:
+        kept = [m for m in kept if (options[m]["tokens_per_second"] or 0) >= fastest * (1 - speed_noise)]
+    choice = min(kept, key=lambda m: options[m]["need_bytes"])
+    why = [f"fits ({', '.join(fitting)} fit)"]
+    if beaten:
+        why.append(f"significantly more accurate than {', '.join(beaten)}")
+    if len(kept) > 1:
+        why.append(f"ties with {', '.join(m for m in kept if m != choice)} on accuracy and speed, needs less memory")
+    elif fastest and len([m for m in fitting if m not in beaten]) > 1:
+        why.append("fastest of the methods that tie on accuracy")
+    return choice, "; ".join(why)
+
+
+def course_speeds(run: dict) -> dict[str, float]:
+    """Per method, the tokens/s of the benchmark row with today's course recipe.
+
+    Runs from before the course kept QLoRA's embedding and norms in the compute dtype have an upcast "course" row;
+    where such a run also measured the same knobs without the upcast, that row is today's recipe.
+    """
+    done = [r for r in run["rows"] if "error" not in r]
+    speeds = {}
+    for course in (r for r in done if r["row"] == "course"):
+        today = {**course["knobs"], "upcast": False} if course["method"] == "qlora" else course["knobs"]
+        same = [r for r in done if r["method"] == course["method"] and r["knobs"] == today]
+        speeds[course["method"]] = (same or [course])[0]["tokens_per_second"]
+    return speeds

@@ -23,6 +23,8 @@ from sacrebleu.metrics import CHRF
 
 SUPPORT_DIR = Path(__file__).resolve().parent.parent / "data" / "support"
 SPLITS = ("train", "validation", "test")
+HELDOUT_TEXT = SUPPORT_DIR.parent / "pretrain" / "heldout.txt"  # the tiny model's pretraining generator, unseen draws
+GENERAL_TEXT = SUPPORT_DIR.parent / "general" / "paragraphs.txt"  # general English prose written for this course
 SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation"}
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv")
 REPLY_FIELDS = ("category", "order", "product")
@@ -176,6 +178,25 @@ def load_support(split_sizes: dict | None = None) -> DatasetDict:
     if split_sizes:
         dd = take_first(dd, split_sizes)
     return dd
+
+
+def example_ids(ds: Dataset) -> list[str]:
+    """Each example's id: the `id` column where it has one unique value per row, else the row number."""
+    if "id" in ds.column_names and len(set(ds["id"])) == len(ds):
+        return [str(i) for i in ds["id"]]
+    return [str(i) for i in range(len(ds))]
+
+
+def load_general_text(profile: str) -> tuple[list[str], str]:
+    """Text like what the base model was pretrained on, not the task: the forgetting check's texts and their source.
+
+    The tiny model gets held-out paragraphs from its own pretraining generator; every other model the course's
+    general English prose.
+    """
+    path = HELDOUT_TEXT if profile == "tiny" else GENERAL_TEXT
+    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    source = "held-out pretraining text" if profile == "tiny" else "general English prose"
+    return texts, f"{source} ({path.parent.name}/{path.name}, {len(texts)} paragraphs)"
 
 
 def take_first(dd: DatasetDict, split_sizes: dict, cap: bool = False) -> DatasetDict:
@@ -555,10 +576,10 @@ def has_reply_fields(text: str) -> bool:
 
 
 def score_replies(predictions: list[str], references: list[str]) -> dict:
-    """Accuracy of all three header fields together (`accuracy`) and of each field, over n replies."""
+    """Accuracy of all three header fields together (`accuracy`) and of each field, over n replies, and each reply's 0/1."""
     check_pairs("score_replies", predictions, references)
     correct = dict.fromkeys(REPLY_FIELDS, 0)
-    all_correct = 0
+    per_reply = []  # 1 where all three fields are right: the outcome a paired test compares
     for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
         expected = parse_reply(reference)
         missing = [key for key, value in expected.items() if value is None]
@@ -571,9 +592,9 @@ def score_replies(predictions: list[str], references: list[str]) -> dict:
         matches = [got[key] == expected[key] for key in REPLY_FIELDS]
         for key, match in zip(REPLY_FIELDS, matches, strict=True):
             correct[key] += match
-        all_correct += all(matches)
+        per_reply.append(int(all(matches)))
     n = len(references)
-    return {"n": n, "accuracy": all_correct / n, **{key: correct[key] / n for key in REPLY_FIELDS}}
+    return {"n": n, "accuracy": sum(per_reply) / n, **{key: correct[key] / n for key in REPLY_FIELDS}, "per_reply": per_reply}
 
 
 def chrf_scores(predictions: list[str], references: list[str]) -> dict:
@@ -582,7 +603,8 @@ def chrf_scores(predictions: list[str], references: list[str]) -> dict:
     chrf = CHRF()
     per_reply = [chrf.sentence_score(p, [r]).score for p, r in zip(predictions, references, strict=True)]
     corpus = chrf.corpus_score(list(predictions), [list(references)]).score
-    return {"metric": CHRF_METRIC, "n": len(references), "chrF": corpus, "chrF_mean": sum(per_reply) / len(per_reply)}
+    return {"metric": CHRF_METRIC, "n": len(references), "chrF": corpus, "chrF_mean": sum(per_reply) / len(per_reply),
+            "per_reply": per_reply}
 
 
 def score_any(predictions: list[str], references: list[str]) -> dict:

@@ -34,31 +34,49 @@ def longest_first(lengths: list[int]) -> list[int]:
 
 
 @torch.no_grad()
-def eval_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, batch_size: int = 16) -> dict:
-    """Mean loss per answer token over a conversational prompt/completion dataset, its perplexity, and padding share."""
+def _row_losses(model: PreTrainedModel, rows: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int, desc: str):
+    """Summed loss and labelled-token count of each (ids, labels) row, in the rows' order, and the padding share."""
     model.eval()
     device = next(model.parameters()).device
-    total_loss, total_tokens, computed, real = 0.0, 0, 0, 0
-    rows = [tokenize_with_mask(tokenizer, ex) for ex in dataset]
-    rows = [rows[i] for i in longest_first([len(ids) for ids, _ in rows])]  # the sums do not depend on the order
-    for i in tqdm(range(0, len(rows), batch_size), desc="eval loss", leave=False):
-        batch = rows[i : i + batch_size]
+    sums, counts = [0.0] * len(rows), [0] * len(rows)
+    computed, real = 0, 0
+    order = longest_first([len(ids) for ids, _ in rows])  # neighbours of similar length: little padding
+    for i in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
+        chunk = order[i : i + batch_size]
+        batch = [rows[k] for k in chunk]
         width = max(len(ids) for ids, _ in batch)
         computed, real = computed + width * len(batch), real + sum(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        ids = torch.full((len(batch), width), pad_id)
         labels = torch.full((len(batch), width), -100)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for j, (x, y) in enumerate(batch):
             ids[j, : len(x)], labels[j, : len(y)], mask[j, : len(x)] = torch.tensor(x), torch.tensor(y), 1
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
-        loss = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), reduction="sum"
-        )
-        total_loss += loss.item()
-        total_tokens += int((shift_labels != -100).sum())
-    mean = total_loss / total_tokens
-    return {"eval_loss": mean, "perplexity": math.exp(mean), "answer_tokens": total_tokens, "padding_share": 1 - real / computed}
+        loss = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, reduction="none")
+        for j, k in enumerate(chunk):
+            sums[k], counts[k] = loss[j].sum().item(), int((shift_labels[j] != -100).sum())
+    return sums, counts, 1 - real / computed
+
+
+def eval_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, batch_size: int = 16) -> dict:
+    """Mean loss per answer token over a conversational prompt/completion dataset, its perplexity, padding share,
+    and each example's own mean loss (`per_example`, in the dataset's order) for paired comparisons."""
+    rows = [tokenize_with_mask(tokenizer, ex) for ex in dataset]
+    sums, counts, padding = _row_losses(model, rows, tokenizer.pad_token_id, batch_size, "eval loss")
+    mean = sum(sums) / sum(counts)
+    return {"eval_loss": mean, "perplexity": math.exp(mean), "answer_tokens": sum(counts), "padding_share": padding,
+            "per_example": [s / c for s, c in zip(sums, counts, strict=True)]}
+
+
+def text_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 16) -> dict:
+    """Mean loss per token on plain texts (no chat template, every token after the first scored) and per text."""
+    rows = []
+    for text in texts:
+        ids = tokenizer(text, truncation=True, max_length=512)["input_ids"]  # with the tokenizer's BOS
+        rows.append((ids, ids))
+    sums, counts, _ = _row_losses(model, rows, tokenizer.pad_token_id, batch_size, "text loss")
+    return {"loss": sum(sums) / sum(counts), "tokens": sum(counts), "per_text": [s / c for s, c in zip(sums, counts, strict=True)]}
 
 
 @torch.no_grad()

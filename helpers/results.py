@@ -96,14 +96,27 @@ def save_results(path: str | Path, **fields: object) -> Path:
     return write_json_atomic(path, fields)
 
 
-def score_fields(before: dict, after: dict) -> dict:
-    """The results file's test-score keys from reply_scores' scores before and after training."""
+def score_fields(before: dict, after: dict, ids: list[str] | None = None) -> dict:
+    """The results file's test-score keys from reply_scores' scores before and after training.
+
+    With the test examples' ids, each reply's score after training is kept too (`test_scores`, id -> 1/0 or chrF),
+    so that notebook 4 can compare two methods example by example.
+    """
     fields = {"metric": after["metric"], "accuracy_before": headline(before), "accuracy_after": headline(after),
               "test_examples": after["n"]}
     if after["metric"] == TASK_ACCURACY:
         fields["accuracy_by_field_before"] = {key: before[key] for key in REPLY_FIELDS}
         fields["accuracy_by_field_after"] = {key: after[key] for key in REPLY_FIELDS}
+    if ids is not None:
+        fields["test_scores"] = by_id(ids, after["per_reply"])
     return fields
+
+
+def by_id(ids: list[str], values: list[float]) -> dict[str, float]:
+    """Per-example values keyed by example id, for paired comparisons between results files."""
+    if len(ids) != len(values) or len(set(ids)) != len(ids):
+        raise ValueError(f"by_id needs one unique id per value: got {len(set(ids))} unique ids for {len(values)} values.")
+    return dict(zip(ids, values, strict=True))
 
 
 def load_results(path: str | Path, produced_by: str | None = None) -> dict:

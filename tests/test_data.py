@@ -521,7 +521,7 @@ def test_score_replies():
         "category: refund\norder: 44444\nproduct: none\nThanks.",
     ]
     scores = hd.score_replies(predictions, references)
-    assert scores == {"n": 4, "accuracy": 0.25, "category": 0.75, "order": 0.5, "product": 1.0}
+    assert scores == {"n": 4, "accuracy": 0.25, "category": 0.75, "order": 0.5, "product": 1.0, "per_reply": [1, 0, 0, 0]}
     with pytest.raises(ValueError, match=r"score_replies got 1 predictions but 4 references"):
         hd.score_replies(predictions[:1], references)
     with pytest.raises(ValueError, match=r"reference 0 has no line for \['order', 'product'\]"):

@@ -181,6 +181,21 @@ def test_eval_loss_is_finite_and_batch_size_independent(model, tokenizer, exampl
     b = eval_loss(model, tokenizer, examples["validation"], batch_size=3)
     assert math.isfinite(a["eval_loss"]) and a["perplexity"] == pytest.approx(math.exp(a["eval_loss"]))
     assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-4)
+    assert a["per_example"] == pytest.approx(b["per_example"], rel=1e-4) and len(a["per_example"]) == len(examples["validation"])
+    one = eval_loss(model, tokenizer, examples["validation"].select([2]), batch_size=1)
+    assert a["per_example"][2] == pytest.approx(one["eval_loss"], rel=1e-4)  # each example's own loss, in dataset order
+
+
+def test_text_loss_scores_each_text_on_its_own(model, tokenizer):
+    from helpers.data import load_general_text
+    from helpers.evaluate import text_loss
+
+    texts, source = load_general_text("tiny")
+    assert len(texts) == 200 and "held-out pretraining text" in source
+    together = text_loss(model, tokenizer, texts[:6], batch_size=4)
+    alone = [text_loss(model, tokenizer, [t])["loss"] for t in texts[:6]]
+    assert together["per_text"] == pytest.approx(alone, rel=1e-4)
+    assert min(alone) <= together["loss"] <= max(alone)
 
 
 def test_evaluation_batches_are_mostly_real_tokens(model, tokenizer):

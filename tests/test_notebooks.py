@@ -178,3 +178,43 @@ def test_lesson_calls_are_written_in_the_notebook(name):
     source = "\n".join("".join(c["source"]) for c in code_cells(load(NOTEBOOKS / name)))
     for call in LESSON_CALLS[name]:
         assert call in source, f"{name} must show {call} in a cell, not hide it in a helper"
+
+
+# A figure that reads like a measurement: a number with a unit of memory, time, speed, share or speed-up.
+RESULT_LIKE = re.compile(
+    r"(?<![\w.])\d[\d,.]*\s*(?:%|percent\b|tokens/s\b|tokens per second\b|[GMK]iB\b|[GMK]B\b|s\b|seconds?\b|min\b"
+    r"|minutes?\b|hours?\b)|(?<![\w.])\d+(?:\.\d+)?x\b"
+)
+# Figures that are not this course's results, each with why. Anything else must be printed by a code cell.
+NOT_OUR_RESULTS = {
+    r"(?:T4|L4|A10G|A100|H100|H200|RTX 4090|GPU)\s\d+ GB|\d+ GB (?:T4|L4|A100|H100|GPU)": "a GPU's published memory",
+    r"\(\d+ MiB in `nvidia-smi`": "a T4's memory as nvidia-smi reports it (published)",
+    r"memory capped at \d+ GiB|(?:the|a) \d+ GiB cap": "the T4 regime's cap: a setting, not a result",
+    r"95% (?:interval|confidence)": "the confidence level of an interval: a setting",
+    r"= [\d,.]+ \w+": "arithmetic worked out in the same sentence",
+    r"\d+% of the update": "a threshold an exercise sets",
+    r"the \"4x\"": "the folk claim the summary tests, quoted",
+}
+
+
+def unsourced_figures(markdown: str) -> list[str]:
+    """The result-like figures in markdown that are not on the NOT_OUR_RESULTS list."""
+    for pattern in NOT_OUR_RESULTS:
+        markdown = re.sub(pattern, " ", markdown)
+    return [m.group(0) for m in RESULT_LIKE.finditer(markdown)]
+
+
+def test_the_figure_scan_catches_typed_in_results():
+    typed = "LoRA training took 189 s; QLoRA was 9.85% slower at 3,957 tokens/s, 1.49x naive, peak 1.12 GiB."
+    assert unsourced_figures(typed) == ["189 s", "9.85%", "3,957 tokens/s", "1.49x", "1.12 GiB"]
+    assert unsourced_figures("a free Colab T4 16 GB (15360 MiB in `nvidia-smi`), a 95% interval") == []
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_markdown_types_in_no_result(path):
+    """Issue 24: figures from this course's runs are printed by code cells from results files, never typed."""
+    found = []
+    for index, cell in enumerate(load(path)["cells"]):
+        if cell["cell_type"] == "markdown":
+            found += [f"cell {index}: {figure}" for figure in unsourced_figures("".join(cell["source"]))]
+    assert not found, f"{path.name}: typed-in figures (print them from a code cell, or list why they are not results): {found}"

@@ -1,0 +1,78 @@
+"""Paired tests and the method guidance of notebook 4, on made-up results."""
+
+import math
+
+import pytest
+
+from helpers.compare import course_speeds, recommend, seed_noise
+from helpers.stats import differs, mcnemar_exact, paired, paired_difference
+
+
+def test_mcnemar_exact_counts_only_the_examples_where_the_methods_differ():
+    first = [1] * 12 + [0] * 3 + [1] * 50 + [0] * 35
+    second = [0] * 12 + [1] * 3 + [1] * 50 + [0] * 35
+    test = mcnemar_exact(first, second)
+    assert (test["only_first"], test["only_second"], test["n"]) == (12, 3, 100)
+    assert test["p"] == pytest.approx(2 * sum(math.comb(15, k) for k in range(4)) / 2**15)  # 0.0352
+    assert differs(test)
+    assert mcnemar_exact([1, 0, 1, 0], [0, 1, 1, 0])["p"] == 1.0  # one each way: no evidence
+    assert not differs(mcnemar_exact([1, 1, 0], [1, 1, 0]))  # identical: p = 1
+    with pytest.raises(ValueError, match="paired outcomes"):
+        mcnemar_exact([1], [1, 0])
+
+
+def test_paired_difference_and_ids():
+    a, b = paired({"x": 1.0, "y": 2.0, "z": 3.0, "w": 9.0}, {"z": 3.5, "y": 2.4, "x": 1.6})
+    assert a == [1.0, 2.0, 3.0] and b == [1.6, 2.4, 3.5]  # matched by id, unshared ids dropped
+    diff = paired_difference(a, b)
+    assert diff["mean"] == pytest.approx(0.5) and diff["low"] < 0.5 < diff["high"]
+    assert differs(diff)  # every pair rose by 0.4-0.6
+    assert not differs(paired_difference([1.0, 2.0, 3.0], [1.5, 1.5, 3.0]))
+    with pytest.raises(ValueError, match="share no example ids"):
+        paired({"a": 1.0}, {"b": 1.0})
+
+
+def options(full_fits=True):
+    return {
+        "full": {"fits": full_fits, "need_bytes": 24e9, "tokens_per_second": 24000},
+        "lora": {"fits": True, "need_bytes": 4e9, "tokens_per_second": 39000},
+        "qlora": {"fits": True, "need_bytes": 3.5e9, "tokens_per_second": 34000},
+    }
+
+
+def test_recommend_chooses_full_fine_tuning_where_it_is_significantly_better_and_fits():
+    better = {("full", "lora"), ("full", "qlora")}
+    assert recommend(options(), better, 0.05)[0] == "full"
+    assert recommend(options(full_fits=False), better, 0.05)[0] == "lora"  # then the fastest of the rest
+
+
+def test_recommend_chooses_the_cheapest_that_fits_when_the_methods_tie():
+    choice, why = recommend(options(), set(), 0.05)
+    assert choice == "lora" and "fastest" in why  # full and qlora are slower beyond the noise
+    assert recommend(options(), set(), 0.20)[0] == "qlora"  # within 20% noise lora and qlora tie: less memory wins
+    assert recommend({m: {**o, "fits": False} for m, o in options().items()}, set(), 0.05) == (None, "nothing fits")
+    assert recommend(options(), {("qlora", "lora")}, 0.05)[0] == "qlora"  # lora beaten: qlora is the fastest left
+
+
+def test_seed_noise_is_the_largest_gap_a_second_seed_gave():
+    run = {"rows": [
+        {"method": "lora", "row": "naive", "tokens_per_second": 100.0},
+        {"method": "lora", "row": "naive, seed 43", "tokens_per_second": 95.0},
+        {"method": "full", "row": "naive", "tokens_per_second": 200.0},
+        {"method": "full", "row": "naive, seed 43", "tokens_per_second": 202.0},
+        {"method": "qlora", "row": "naive, seed 43", "error": "out of memory"},
+    ]}
+    assert seed_noise(run) == pytest.approx(0.05)
+    assert seed_noise({"rows": []}) is None
+
+
+def test_course_speeds_take_the_row_with_todays_qlora_recipe():
+    knobs = {"gradient_checkpointing": False, "upcast": True}
+    run = {"rows": [
+        {"method": "lora", "row": "course", "knobs": knobs, "tokens_per_second": 40.0},
+        {"method": "qlora", "row": "course", "knobs": knobs, "tokens_per_second": 17.0},
+        {"method": "qlora", "row": "course, embedding and norms in bf16", "knobs": {**knobs, "upcast": False},
+         "tokens_per_second": 34.0},
+    ]}
+    assert course_speeds(run) == {"lora": 40.0, "qlora": 34.0}
+    assert course_speeds({"rows": run["rows"][:2]}) == {"lora": 40.0, "qlora": 17.0}  # no such row: the course row
