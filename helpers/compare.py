@@ -205,19 +205,19 @@ def recommend(options: dict[str, dict], better: set[tuple[str, str]], speed_nois
     if not fitting:
         return None, "nothing fits"
     kept = [m for m in fitting if not any((other, m) in better for other in fitting)]
-    beaten = [m for m in fitting if m not in kept]
+    why = [f"fits: {', '.join(fitting)}"]
+    if len(kept) < len(fitting):
+        why.append(f"less accurate than another that fits, by the test: {', '.join(m for m in fitting if m not in kept)}")
     speeds = [options[m]["tokens_per_second"] for m in kept if options[m]["tokens_per_second"]]
     fastest = max(speeds, default=None)
-    if fastest:
+    pool = kept
+    if fastest and len(kept) > 1:
         kept = [m for m in kept if (options[m]["tokens_per_second"] or 0) >= fastest * (1 - speed_noise)]
     choice = min(kept, key=lambda m: options[m]["need_bytes"])
-    why = [f"fits ({', '.join(fitting)} fit)"]
-    if beaten:
-        why.append(f"significantly more accurate than {', '.join(beaten)}")
     if len(kept) > 1:
-        why.append(f"ties with {', '.join(m for m in kept if m != choice)} on accuracy and speed, needs less memory")
-    elif fastest and len([m for m in fitting if m not in beaten]) > 1:
-        why.append("fastest of the methods that tie on accuracy")
+        why.append(f"ties with {', '.join(m for m in kept if m != choice)} (on speed, or speed unmeasured), needs less memory")
+    elif len(pool) > 1:
+        why.append(f"fastest of {', '.join(pool)}")
     return choice, "; ".join(why)
 
 

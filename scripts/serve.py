@@ -9,10 +9,13 @@ models/tiny-llama-support, outputs/lora-merged, outputs/full-model) or a LoRA ad
 outputs/lora-adapter). transformers serve loads full models only, so an adapter is first merged into the base
 named in its adapter_config.json, once, into .cache/serve/ (again only when the adapter changes).
 
-Two checks run before transformers serve's own, both answering 400 as vLLM does: `messages` must be a non-empty
-list of {"role", "content"} objects (transformers serve answers 500 "Internal Server Error" to [], to a missing
-`messages` and to a message without a role), and the prompt plus max_tokens must fit in the model's context,
-max_position_embeddings (transformers serve generates past it, with 200).
+Checks run before transformers serve's own, answering 400 with the field's name, as OpenAI's API and vLLM do:
+`messages` must be a non-empty list of {"role", "content"} objects with a string role and a string (or list)
+content (transformers serve answers 500 "Internal Server Error" to [], to a missing `messages`, to a message without
+a role, to a numeric role and to a null content); max_tokens must be a positive whole number and temperature a
+number from 0 to 2, top_p from 0 to 1 (a negative or non-numeric max_tokens was a 500, a negative temperature was
+accepted); and the prompt plus max_tokens must fit in the model's context, max_position_embeddings (transformers
+serve generates past it, with 200).
 """
 
 from __future__ import annotations
@@ -98,29 +101,116 @@ def merged_copy(adapter: Path) -> Path:
     return out
 
 
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def _number(low: float, high: float):
+    """A check that a value is a number (not a bool) from low to high."""
+    return lambda v: isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high
+
+
+def _json_object(text: object) -> bool:
+    """Whether text is a string holding a JSON object."""
+    try:
+        return isinstance(text, str) and isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+# What each field of a chat-completions request may hold (OpenAI's ranges), checked before anything uses it.
+FIELDS = {
+    "model": (lambda v: isinstance(v, str), "a string: the model name printed at start"),
+    "stream": (lambda v: isinstance(v, bool), "true or false"),
+    "max_tokens": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number of tokens, at least 1"),
+    "max_completion_tokens": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                              "a whole number of tokens, at least 1"),
+    "temperature": (_number(0, 2), "a number from 0 to 2"),
+    "top_p": (_number(0, 1), "a number from 0 to 1"),
+    "frequency_penalty": (_number(-2, 2), "a number from -2 to 2"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "stop": (lambda v: isinstance(v, str) or (isinstance(v, list) and 0 < len(v) <= 4 and all(isinstance(x, str) for x in v)),
+             "a string or a list of up to 4 strings"),
+    "logit_bias": (lambda v: isinstance(v, dict) and all(k.lstrip("-").isdigit() and _number(-100, 100)(x) for k, x in v.items()),
+                   "an object mapping token ids to numbers from -100 to 100"),
+    "tools": (lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v), "a list of tool objects"),
+    "chat_template_kwargs": (lambda v: isinstance(v, dict), "an object of chat-template arguments"),
+    "generation_config": (_json_object, "a string holding a JSON object of generation settings"),
+}
+
+
+class BadRequest(Exception):
+    """A request field that is missing or holds what it may not: answered with 400 in OpenAI's error shape."""
+
+    def __init__(self, param: str | None, message: str, status: int = 400):
+        super().__init__(message)
+        self.param, self.message, self.status = param, message, status
+
+    def response(self):
+        """OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
+        from fastapi.responses import JSONResponse
+
+        error = {"message": self.message, "type": "invalid_request_error", "param": self.param, "code": None}
+        return JSONResponse(status_code=self.status, content={"error": error})
+
+
+def check_messages(messages: object) -> None:
+    """Raise BadRequest unless messages is a non-empty list of {"role", "content"} objects the chat template can take."""
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages", '`messages` must be a non-empty list of {"role", "content"} objects.')
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise BadRequest(where, f'`{where}` must be an object with "role" and "content", got {message!r}.')
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise BadRequest(f"{where}.role", f"`{where}.role` must be one of {', '.join(ROLES)}; got {role!r}.")
+        parts_ok = isinstance(content, list) and all(isinstance(part, dict) and isinstance(part.get("type"), str) for part in content)
+        tool_call = role == "assistant" and content is None and message.get("tool_calls")
+        if not (isinstance(content, str) or parts_ok or tool_call):
+            raise BadRequest(
+                f"{where}.content",
+                f"`{where}.content` must be a string (or a list of content parts with a \"type\"), got {content!r}.",
+            )
+
+
 def reject_bad_request(handler, body: dict) -> None:
-    """Raise a 4xx for what transformers serve would otherwise answer with a generation or a 500."""
+    """Raise BadRequest for what transformers serve would otherwise answer with a generation or a 500."""
     from fastapi import HTTPException
 
-    handler._validate_request(body)  # unknown fields: 422
-    messages = body.get("messages")
-    well_formed = isinstance(messages, list) and all(isinstance(m, dict) and "role" in m for m in messages)
-    if not well_formed or not messages:
-        raise HTTPException(400, '`messages` must be a non-empty list of {"role", "content"} objects.')
-    _, model, processor = handler._resolve_model(dict(body))  # another model than the served one: 400
+    if not isinstance(body, dict):
+        raise BadRequest(None, "The request body must be a JSON object.")
+    try:
+        handler._validate_request(body)  # unknown fields
+    except HTTPException as error:
+        raise BadRequest(None, str(error.detail), error.status_code) from None
+    check_messages(body.get("messages"))
+    for field, (ok, allowed) in FIELDS.items():
+        if body.get(field) is not None and not ok(body[field]):
+            raise BadRequest(field, f"`{field}` must be {allowed}; got {body[field]!r}.")
+    try:
+        _, model, processor = handler._resolve_model(dict(body))  # another model than the served one
+    except HTTPException as error:
+        raise BadRequest("model", str(error.detail), error.status_code) from None
     modality = handler.model_manager.get_model_modality(model, processor=processor)
-    prompt = processor.apply_chat_template(
-        handler.get_processor_inputs_from_messages(messages, modality),
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        **handler.chat_template_kwargs,
-    )["input_ids"]
+    try:
+        prompt = processor.apply_chat_template(
+            handler.get_processor_inputs_from_messages(body["messages"], modality),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            **{**handler.chat_template_kwargs, **body.get("chat_template_kwargs", {})},
+        )["input_ids"]
+    except Exception as error:  # the model's own template refused these messages (e.g. roles out of order)
+        raise BadRequest("messages", f"The model's chat template cannot render these messages: {error}") from None
+    vocab = model.config.get_text_config().vocab_size
+    outside = [k for k in body.get("logit_bias") or {} if not 0 <= int(k) < vocab]
+    if outside:
+        raise BadRequest("logit_bias", f"`logit_bias` names token ids outside this model's vocabulary (0 to {vocab - 1}): {outside}.")
     context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    wanted = int(body.get("max_completion_tokens") or body.get("max_tokens") or 1)
+    wanted = body.get("max_completion_tokens") or body.get("max_tokens") or 1
     if context is not None and len(prompt) + wanted > context:
-        raise HTTPException(
-            400,
+        raise BadRequest(
+            "messages",
             f"This model's maximum context length is {context} tokens; the messages take {len(prompt)} and "
             f"max_tokens asks for {wanted} more. Shorten the messages or lower max_tokens.",
         )
@@ -132,10 +222,31 @@ def add_request_checks() -> None:
 
     class CheckedChatCompletionHandler(chat_completion.ChatCompletionHandler):
         async def handle_request(self, body: dict, request_id: str):
-            reject_bad_request(self, body)
+            try:
+                reject_bad_request(self, body)
+            except BadRequest as error:
+                return error.response()
             return await super().handle_request(body, request_id)
 
     chat_completion.ChatCompletionHandler = CheckedChatCompletionHandler  # Serve imports it by this name
+
+    from fastapi.exceptions import RequestValidationError
+    from transformers.cli.serving import server
+
+    build_server = server.build_server
+
+    def build_server_with_openai_errors(*args, **kwargs):
+        """transformers serve's app, answering a body that is not a JSON object in OpenAI's error shape too."""
+        app = build_server(*args, **kwargs)
+
+        async def not_an_object(_request, error: RequestValidationError):
+            problem = "; ".join(str(e.get("msg")) for e in error.errors()) or "invalid body"
+            return BadRequest(None, f"The request body must be a JSON object ({problem}).", 422).response()
+
+        app.add_exception_handler(RequestValidationError, not_an_object)
+        return app
+
+    server.build_server = build_server_with_openai_errors  # Serve imports it from this module when it starts
 
 
 def announce_when_answering(url: str, model: str, wait: float, timed_out: threading.Event) -> None:

@@ -101,7 +101,7 @@ def qa_rows(n: int) -> list[dict]:
 def test_generator_is_deterministic_and_matches_checked_in_files(generator, tmp_path):
     generator.main(tmp_path / "a")
     generator.main(tmp_path / "b")
-    files = [f"support/{split}.jsonl" for split in SPLIT_NAMES] + ["pretrain/corpus.txt"]
+    files = [f"support/{split}.jsonl" for split in SPLIT_NAMES] + ["pretrain/corpus.txt", "pretrain/heldout.txt"]
     for name in files:
         first = (tmp_path / "a" / name).read_bytes()
         assert first == (tmp_path / "b" / name).read_bytes(), f"{name} differs between two runs"
@@ -179,6 +179,18 @@ def test_corpus_is_prose_without_the_reply_format():
         p for p in paragraphs if any(p.count(n) >= 2 for n in re.findall(r"\b\d{5}\b", p))
     ]
     assert len(with_repeated_number) > len(paragraphs) / 3
+
+
+def test_general_texts_are_held_out_prose_without_the_task():
+    """Issue 24: the forgetting check's texts: the tiny model's never read, the real model's not about the task."""
+    corpus = set((ROOT / "data" / "pretrain" / "corpus.txt").read_text(encoding="utf-8").splitlines())
+    heldout = (ROOT / "data" / "pretrain" / "heldout.txt").read_text(encoding="utf-8").splitlines()
+    assert len(heldout) == 200 and not corpus & set(heldout)
+    general = (ROOT / "data" / "general" / "paragraphs.txt").read_text(encoding="utf-8").splitlines()
+    assert len(general) == len(set(general)) == 80 and all(60 <= len(p.split()) <= 110 for p in general)
+    for text in heldout + general:
+        assert not re.search(r"(category|order|product)\s*:", text, re.IGNORECASE)
+    assert not re.search(r"\b(refund|parcel|password|customer)\b", " ".join(general), re.IGNORECASE)
 
 
 def test_corpus_uses_no_evaluation_order_numbers(support):

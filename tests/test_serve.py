@@ -123,6 +123,14 @@ BAD_REQUESTS = {
         "maximum context length is 2048",
     ),
     "malformed JSON": ('{"model": "' + MODEL + '", "messages": [', 422, "JSON decode error"),
+    "not an object": ("[1, 2]", 422, "must be a JSON object"),
+    "unknown role": (json.dumps({"model": MODEL, "messages": [{"role": "boss", "content": "hi"}]}), 400, "messages[0].role"),
+    "missing role": (json.dumps({"model": MODEL, "messages": [{"content": "hi"}]}), 400, "messages[0].role"),
+    "numeric role": (json.dumps({"model": MODEL, "messages": [{"role": 3, "content": "hi"}]}), 400, "messages[0].role"),
+    "null content": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": None}]}), 400, "messages[0].content"),
+    "negative max_tokens": (json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": -3}), 400, "`max_tokens` must be"),
+    "text max_tokens": (json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": "lots"}), 400, "`max_tokens` must be"),
+    "negative temperature": (json.dumps({"model": MODEL, "messages": MESSAGES, "temperature": -1}), 400, "`temperature` must"),
 }
 
 
@@ -131,6 +139,33 @@ def test_a_bad_request_gets_a_4xx_that_says_why_and_the_server_goes_on(server, c
     body, status, message = BAD_REQUESTS[case]
     got_status, got_body = post(f"{server}/chat/completions", body.encode())
     assert (got_status, message in got_body) == (status, True), got_body
+    error = json.loads(got_body)["error"]  # OpenAI's error shape
+    assert set(error) == {"message", "type", "param", "code"} and message in error["message"]
+    assert chat(server, messages=MESSAGES, max_tokens=1)[0] == 200
+
+
+ODD_VALUES = [None, True, -1, 0, 3.5, 1e9, "x", "", [], {}, [1], {"a": 1}, ["a", 2], {"999999": 1}]
+FUZZED_FIELDS = [
+    "model", "messages", "stream", "max_tokens", "max_completion_tokens", "temperature", "top_p", "frequency_penalty",
+    "seed", "stop", "logit_bias", "tools", "chat_template_kwargs", "generation_config", "role", "content",
+]
+
+
+def test_no_field_of_any_type_gets_a_500(server):
+    """Issue 26: every field, every odd value: a 2xx or a 4xx in OpenAI's shape, never a 500."""
+    answers = {}
+    for field in FUZZED_FIELDS:
+        for value in ODD_VALUES:
+            body = {"model": MODEL, "messages": [dict(MESSAGES[0])], "max_tokens": 2}
+            if field in ("role", "content"):
+                body["messages"][0][field] = value
+            else:
+                body[field] = value
+            status, text = post(f"{server}/chat/completions", json.dumps(body).encode())
+            answers[field, json.dumps(value)] = status
+            if 400 <= status < 500:
+                assert json.loads(text)["error"]["message"], text
+    assert not {key: status for key, status in answers.items() if status >= 500 or status < 200}
     assert chat(server, messages=MESSAGES, max_tokens=1)[0] == 200
 
 
