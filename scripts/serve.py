@@ -126,7 +126,8 @@ FIELDS = {
                               "a whole number of tokens, at least 1"),
     "temperature": (_number(0, 2), "a number from 0 to 2"),
     "top_p": (_number(0, 1), "a number from 0 to 1"),
-    "frequency_penalty": (_number(-2, 2), "a number from -2 to 2"),
+    "frequency_penalty": (lambda v: _number(-2, 2)(v) and v > -1,  # transformers serve: repetition_penalty = 1 + v > 0
+                          "a number above -1 and at most 2 (this server turns it into a repetition penalty of 1 + it)"),
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
     "stop": (lambda v: isinstance(v, str) or (isinstance(v, list) and 0 < len(v) <= 4 and all(isinstance(x, str) for x in v)),
              "a string or a list of up to 4 strings"),
@@ -226,6 +227,8 @@ def add_request_checks() -> None:
                 reject_bad_request(self, body)
             except BadRequest as error:
                 return error.response()
+            if body.get("logit_bias") == {}:  # no bias; transformers serve fails on an empty one
+                del body["logit_bias"]
             return await super().handle_request(body, request_id)
 
     chat_completion.ChatCompletionHandler = CheckedChatCompletionHandler  # Serve imports it by this name
