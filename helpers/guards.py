@@ -8,7 +8,6 @@ import math
 import os
 import signal
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -311,22 +310,42 @@ def last_good_checkpoint(output_dir: str | Path, quiet: bool = False) -> str | N
     return None
 
 
+def _training(frame) -> bool:
+    """Whether a frame runs inside Trainer.train() (the interrupted code, seen from a signal handler)."""
+    while frame is not None:
+        if frame.f_code is Trainer.train.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
 class CheckpointOnInterrupt(TrainerCallback):
-    """On Ctrl-C / kernel interrupt / SIGTERM: finish the step, save a checkpoint, stop. A second press stops now."""
+    """Ctrl-C, a kernel interrupt or SIGTERM during training: finish the step, save a checkpoint, stop, say how to
+    resume. A second press stops at once, naming the last complete checkpoint."""
 
     def __init__(self) -> None:
         self.interrupted = False
         self.step: int | None = None
+        self.output_dir = ""
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.interrupted:
+        if not _training(frame):  # training already ended with an error: an interrupt is an interrupt again
+            self.uninstall()
             raise KeyboardInterrupt
+        if self.interrupted:
+            self.uninstall()
+            last = last_good_checkpoint(self.output_dir, quiet=True)
+            raise KeyboardInterrupt(
+                "Training was stopped mid-step. "
+                + (f"Re-run this cell to resume from {shown(last)}." if last else "No checkpoint was saved yet.")
+            )
         self.interrupted = True
         print("Interrupt received: finishing this step and saving a checkpoint. Interrupt again to stop at once.")
 
     def install(self) -> None:
         """Catch SIGINT and SIGTERM (main thread only; elsewhere nothing changes)."""
+        self.uninstall()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -337,6 +356,11 @@ class CheckpointOnInterrupt(TrainerCallback):
             signal.signal(sig, handler)
         self._previous = {}
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        check_checkpoint_limit(args)
+        self.interrupted, self.step, self.output_dir = False, None, args.output_dir
+        self.install()
+
     def on_step_end(self, args, state, control, **kwargs):
         if self.interrupted:
             self.step = state.global_step
@@ -344,31 +368,14 @@ class CheckpointOnInterrupt(TrainerCallback):
             control.should_training_stop = True
         return control
 
-
-@contextmanager
-def checkpoint_on_interrupt(trainer: Trainer):
-    """Around trainer.train(): Ctrl-C finishes the step, saves a checkpoint and stops, saying how to resume."""
-    check_checkpoint_limit(trainer.args)
-    output_dir = trainer.args.output_dir
-    guard = CheckpointOnInterrupt()
-    trainer.add_callback(guard)
-    guard.install()
-    try:
-        yield
-    except KeyboardInterrupt:
-        last = last_good_checkpoint(output_dir, quiet=True)
-        raise KeyboardInterrupt(
-            "Training was stopped mid-step. "
-            + (f"Re-run this cell to resume from {shown(last)}." if last else "No checkpoint was saved yet.")
-        ) from None
-    finally:
-        guard.uninstall()
-        trainer.remove_callback(guard)
-    if guard.interrupted:
-        raise KeyboardInterrupt(
-            f"Training interrupted at step {guard.step}; checkpoint saved in {shown(output_dir)}/checkpoint-{guard.step}. "
-            "Re-run this cell to resume from it (later cells would otherwise use a half-trained model)."
-        )
+    def on_train_end(self, args, state, control, **kwargs):
+        self.uninstall()
+        if self.interrupted:
+            raise KeyboardInterrupt(
+                f"Training interrupted at step {self.step}; checkpoint saved in {shown(args.output_dir)}/"
+                f"checkpoint-{self.step}. Re-run this cell to resume from it (later cells would otherwise use a "
+                "half-trained model)."
+            )
 
 
 def check_report_to(report_to: str) -> None:

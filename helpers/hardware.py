@@ -13,8 +13,6 @@ import torch
 
 # The libraries whose versions go into every results file.
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
-PRECISION_ENV_VAR = "COURSE_PRECISION"  # auto, bf16, fp16 or fp32: overrides the rule below (e.g. a T4's fp16 on any GPU)
-GPU_MEMORY_ENV_VAR = "COURSE_GPU_MEMORY_GIB"  # caps the GPU memory this process may use (e.g. 15 to act as a T4)
 
 
 @dataclass(frozen=True)
@@ -73,16 +71,16 @@ def _requested_precision(device_type: str, capability: tuple[int, int] | None, r
     by_name = {"bf16": BF16, "fp16": FP16_MIXED, "fp32": FP32}
     if requested not in by_name:
         raise ValueError(
-            f"{PRECISION_ENV_VAR}={requested!r} is not a precision: use auto, bf16, fp16 or fp32."
+            f"PRECISION={requested!r} is not a precision: use auto, bf16, fp16 or fp32."
         )
     if requested == "fp16" and device_type != "cuda":
         raise ValueError(
-            f"{PRECISION_ENV_VAR}=fp16: float16 mixed precision needs a CUDA GPU (its gradient scaler runs there); "
-            f"on {device_type} use fp32 (or unset {PRECISION_ENV_VAR})."
+            "PRECISION=fp16: float16 mixed precision needs a CUDA GPU (its gradient scaler runs there); "
+            f"on {device_type} use fp32 (or PRECISION = 'auto')."
         )
     if requested == "bf16" and device_type == "cuda" and capability is not None and tuple(capability) < (8, 0):
         raise ValueError(
-            f"{PRECISION_ENV_VAR}=bf16 on a GPU of compute capability {capability[0]}.{capability[1]}: it only "
+            f"PRECISION=bf16 on a GPU of compute capability {capability[0]}.{capability[1]}: it only "
             "emulates bfloat16 (slowly). Use fp16 (or unset the variable: the course picks fp16 there)."
         )
     return by_name[requested]
@@ -98,18 +96,18 @@ class Hardware:
     total_memory_bytes: int  # GPU memory on CUDA, system RAM on mps and cpu
     cpu_count: int
     precision: Precision
-    precision_forced: bool = False  # True when COURSE_PRECISION chose the precision
-    memory_capped_from: int | None = None  # the GPU's real memory when COURSE_GPU_MEMORY_GIB capped it
+    precision_forced: bool = False  # True when the precision was asked for, not chosen by the rule
+    memory_capped_from: int | None = None  # the GPU's real memory when a GPU-memory cap applied
 
     def describe(self) -> str:
         """One line for the top of a notebook, e.g. 'cpu (2 cores, 23.5 GiB RAM), fp32'."""
         gib = self.total_memory_bytes / 2**30
-        forced = f" (set by {PRECISION_ENV_VAR})" if self.precision_forced else ""
+        forced = " (set by PRECISION)" if self.precision_forced else ""
         if self.device_type == "cuda":
             major, minor = self.capability or (0, 0)
             memory = f"{gib:.1f} GiB GPU memory"
             if self.memory_capped_from:
-                memory = f"capped at {gib:.1f} of {self.memory_capped_from / 2**30:.1f} GiB by {GPU_MEMORY_ENV_VAR}"
+                memory = f"capped at {gib:.1f} of {self.memory_capped_from / 2**30:.1f} GiB"
             return (
                 f"cuda {self.name} (compute {major}.{minor}, {memory}, "
                 f"{self.cpu_count} CPU cores), {self.precision.name}{forced}"
@@ -119,17 +117,17 @@ class Hardware:
         return f"cpu ({self.cpu_count} cores, {gib:.1f} GiB RAM), {self.precision.name}{forced}"
 
 
-def detect_hardware() -> Hardware:
+def detect_hardware(precision: str | None = "auto", gpu_memory_gib: float | str | None = None) -> Hardware:
     """Look at the machine: a CUDA GPU if there is one, else an Apple GPU (mps), else the CPU.
 
-    COURSE_PRECISION overrides the precision rule; COURSE_GPU_MEMORY_GIB caps what this process may allocate
-    on the GPU (torch.cuda.set_per_process_memory_fraction), so a big GPU can show what fits a small one.
+    precision ("bf16", "fp16" or "fp32") overrides the precision rule; gpu_memory_gib caps what this process may
+    allocate on the GPU (torch.cuda.set_per_process_memory_fraction), so a big GPU can show what fits a small one.
     """
-    requested = os.environ.get(PRECISION_ENV_VAR, "auto").strip().lower() or "auto"
+    requested = (precision or "auto").strip().lower() or "auto"
     cpu_count = _usable_cpu_count()
     if torch.cuda.is_available():
         capability = tuple(torch.cuda.get_device_capability(0))
-        total, capped_from = _cap_gpu_memory(torch.cuda.get_device_properties(0).total_memory)
+        total, capped_from = _cap_gpu_memory(torch.cuda.get_device_properties(0).total_memory, gpu_memory_gib)
         return Hardware(
             device_type="cuda",
             name=torch.cuda.get_device_name(0),
@@ -152,18 +150,17 @@ def detect_hardware() -> Hardware:
     )
 
 
-def _cap_gpu_memory(total_bytes: int) -> tuple[int, int | None]:
-    """Apply COURSE_GPU_MEMORY_GIB if set: (usable bytes, the real total or None when not capped)."""
-    value = os.environ.get(GPU_MEMORY_ENV_VAR)
-    if not value:
+def _cap_gpu_memory(total_bytes: int, value: float | str | None) -> tuple[int, int | None]:
+    """Apply a GPU-memory cap in GiB if given: (usable bytes, the real total or None when not capped)."""
+    if value in (None, ""):
         return total_bytes, None
     try:
         cap = int(float(value) * 2**30)
     except ValueError:
-        raise ValueError(f"{GPU_MEMORY_ENV_VAR}={value!r} is not a number of GiB (e.g. 15 for a T4).") from None
+        raise ValueError(f"GPU_MEMORY_GIB={value!r} is not a number of GiB (e.g. 15 for a T4).") from None
     if not 0 < cap <= total_bytes:
         raise ValueError(
-            f"{GPU_MEMORY_ENV_VAR}={value}: choose a size above 0 and at most this GPU's "
+            f"GPU_MEMORY_GIB={value}: choose a size above 0 and at most this GPU's "
             f"{total_bytes / 2**30:.1f} GiB."
         )
     torch.cuda.set_per_process_memory_fraction(cap / total_bytes, 0)

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import psutil
 import torch
+from transformers import TrainerCallback
 
 QUANT_CONSTANTS_KEY = "4-bit quant. constants"
 
@@ -339,8 +340,9 @@ class MemoryTracker:
     """Measure peak memory per named phase: CUDA allocator statistics on a GPU, process RSS elsewhere.
 
     tracker = MemoryTracker("cuda")
-    with tracker.phase("train"):
-        trainer.train()
+    with tracker.phase("load"):
+        model = AutoModelForCausalLM.from_pretrained(...)
+    trainer = SFTTrainer(..., callbacks=[tracker.callback("train")])  # measures trainer.train()
     tracker.record("train", gradients=gradient_bytes(model))
     print(tracker.table())
     """
@@ -353,26 +355,57 @@ class MemoryTracker:
         self.device_type = device_type
         self.sample_interval_s = sample_interval_s
         self.results: dict[str, dict] = {}
+        self._open: dict[str, tuple] = {}  # phases being measured: start bytes, peak so far, sampler
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Measure the code inside the with-block; the measurement is kept even if it raises."""
-        if self.device_type == "cuda":
-            with self._cuda_phase(name):
-                yield
-        else:
-            with self._rss_phase(name):
-                yield
-
-    @contextmanager
-    def _cuda_phase(self, name: str) -> Iterator[None]:
-        """Reset the allocator's peak counters, run the block, read the peaks."""
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
+        self.start(name)
         try:
             yield
         finally:
+            self.stop(name)
+
+    def callback(self, name: str = "train") -> TrainerCallback:
+        """A TrainerCallback that measures one phase from the start of trainer.train() to its end."""
+        tracker = self
+
+        class MeasureMemory(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                tracker.start(name)
+
+            def on_train_end(self, args, state, control, **kwargs):
+                tracker.stop(name)
+
+        return MeasureMemory()
+
+    def start(self, name: str) -> None:
+        """Start measuring a phase: reset the CUDA allocator's peaks, or start sampling the process's memory."""
+        self.stop(name)  # the same phase left open by an exception (a callback's phase has no `finally`)
+        if self.device_type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._open[name] = (torch.cuda.memory_allocated(), None, None)
+            return
+        process = psutil.Process()
+        start = process.memory_info().rss
+        peak = [start]  # a list so the thread can update it
+        stopped = threading.Event()
+
+        def sample() -> None:
+            while not stopped.wait(self.sample_interval_s):
+                peak[0] = max(peak[0], process.memory_info().rss)
+
+        thread = threading.Thread(target=sample, name=f"MemoryTracker-{name}", daemon=True)
+        thread.start()
+        self._open[name] = (start, peak, (stopped, thread))
+
+    def stop(self, name: str) -> None:
+        """Stop measuring a phase and keep its start, peak and end."""
+        if name not in self._open:
+            return
+        start, peak, sampler = self._open.pop(name)
+        if self.device_type == "cuda":
             torch.cuda.synchronize()
             self.results.setdefault(name, {}).update(
                 measured="cuda max_memory_allocated",
@@ -381,33 +414,14 @@ class MemoryTracker:
                 end_bytes=torch.cuda.memory_allocated(),
                 peak_reserved_bytes=torch.cuda.max_memory_reserved(),
             )
-
-    @contextmanager
-    def _rss_phase(self, name: str) -> Iterator[None]:
-        """Sample the process's resident memory every few milliseconds in a background thread."""
-        process = psutil.Process()
-        start = process.memory_info().rss
-        peak = [start]  # a list so the thread can update it
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.wait(self.sample_interval_s):
-                peak[0] = max(peak[0], process.memory_info().rss)
-
-        thread = threading.Thread(target=sample, name=f"MemoryTracker-{name}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-            end = process.memory_info().rss
-            self.results.setdefault(name, {}).update(
-                measured="process RSS (psutil)",
-                start_bytes=start,
-                peak_bytes=max(peak[0], end),
-                end_bytes=end,
-            )
+            return
+        stopped, thread = sampler
+        stopped.set()
+        thread.join()
+        end = psutil.Process().memory_info().rss
+        self.results.setdefault(name, {}).update(
+            measured="process RSS (psutil)", start_bytes=start, peak_bytes=max(peak[0], end), end_bytes=end
+        )
 
     def record(self, phase: str, **extra: int | dict[str, int]) -> None:
         """Attach byte counts to a phase, e.g. record('train', weights=bytes_by_dtype(model), gradients=...)."""

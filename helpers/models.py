@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +22,7 @@ from helpers.artifacts import atomic_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL_DIR = REPO_ROOT / "models" / "tiny-llama-support"
-CACHE_DIR = Path(os.environ.get("COURSE_CACHE_DIR", Path.home() / ".cache" / "llama-finetuning-course"))
-PROFILE_ENV_VAR = "COURSE_PROFILE"
-MODEL_ID_ENV_VAR = "COURSE_MODEL_ID"
+CACHE_DIR = Path.home() / ".cache" / "llama-finetuning-course"  # where stand-in models are built (the default)
 DEFAULT_HUB_ID = "meta-llama/Llama-3.2-1B-Instruct"
 PROFILES = ("llama-3.2-1b", "tiny", "llama-3.2-1b-random")
 
@@ -207,8 +204,8 @@ class ModelChoice:
 
 
 def resolve_profile(requested: str, cuda_available: bool | None = None) -> str:
-    """Pick the run profile: the COURSE_PROFILE variable wins, then the notebook's value; 'auto' goes by hardware."""
-    profile = os.environ.get(PROFILE_ENV_VAR) or requested
+    """The run profile: the one requested, or for 'auto' the real model on a CUDA GPU and the tiny one elsewhere."""
+    profile = requested
     if profile == "auto":
         if cuda_available is None:
             cuda_available = torch.cuda.is_available()
@@ -216,15 +213,15 @@ def resolve_profile(requested: str, cuda_available: bool | None = None) -> str:
     if profile not in PROFILES:
         raise ValueError(
             f"Unknown profile {profile!r}. Choose one of {', '.join(PROFILES)} or 'auto' "
-            f"(set it in the parameters cell or with the {PROFILE_ENV_VAR} environment variable)."
+            "(set PROFILE in the parameters cell, or the COURSE_PROFILE environment variable it reads)."
         )
     return profile
 
 
-def choose_model(profile: str, model_id: str | None = None) -> ModelChoice:
-    """Return where to load the model of a profile from, building the local ones on first use."""
+def choose_model(profile: str, model_id: str | None = None, cache_dir: str | Path | None = None) -> ModelChoice:
+    """Return where to load the model of a profile from, building the local ones (in cache_dir) on first use."""
     if profile == "llama-3.2-1b":
-        hub_id = os.environ.get(MODEL_ID_ENV_VAR) or model_id or DEFAULT_HUB_ID
+        hub_id = model_id or DEFAULT_HUB_ID
         return ModelChoice(profile, hub_id, hub_id, f"{hub_id} from the Hugging Face hub (pretrained weights)", True)
     if profile == "tiny":
         if not (TINY_MODEL_DIR / "model.safetensors").exists():
@@ -239,7 +236,7 @@ def choose_model(profile: str, model_id: str | None = None) -> ModelChoice:
             True,
         )
     if profile == "llama-3.2-1b-random":
-        path = CACHE_DIR / "llama-3.2-1b-random"
+        path = Path(cache_dir or CACHE_DIR) / "llama-3.2-1b-random"
         if not is_current_build(path):
             if path.exists():
                 print(f"{path} is from an older build of this profile: rebuilding it.")

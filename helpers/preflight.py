@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import huggingface_hub
@@ -186,20 +186,34 @@ def choose_plan(
     )
 
 
+@dataclass
+class Run:
+    """What describe_run resolved: the profile, the model to load, the hardware and the two folders."""
+
+    profile: str
+    choice: ModelChoice
+    hardware: Hardware
+    results_dir: Path
+    output_dir: Path
+
+
 def describe_run(
-    profile: str, model_id: str | None, results_dir: str | Path | None, output_dir: str | Path | None
-) -> tuple[str, ModelChoice, Hardware, Path, Path]:
+    profile: str,
+    model_id: str | None,
+    results_dir: str | Path | None,
+    output_dir: str | Path | None,
+    precision: str | None = "auto",
+    gpu_memory_gib: float | str | None = None,
+    cache_dir: str | Path | None = None,
+) -> Run:
     """Resolve the profile, model, hardware and folders; print them with the versions, and check what can be checked.
 
-    Environment variables win over the arguments: COURSE_PROFILE and COURSE_MODEL_ID (read by resolve_profile and
-    choose_model), COURSE_RESULTS_DIR and COURSE_OUTPUT_DIR (default: results/ and outputs/ in the course folder).
+    The arguments are the parameters cell's values; None folders mean results/ and outputs/ in the course folder.
     """
     root = REQUIREMENTS.parent
-    hardware = detect_hardware()
+    hardware = detect_hardware(precision, gpu_memory_gib)
     profile = resolve_profile(profile)
-    choice = choose_model(profile, model_id)
-    results = Path(os.environ.get("COURSE_RESULTS_DIR") or results_dir or root / "results")
-    outputs = Path(os.environ.get("COURSE_OUTPUT_DIR") or output_dir or root / "outputs")
+    choice = choose_model(profile, model_id, cache_dir)
     print(f"Profile   : {profile}")
     print(f"Model     : {choice.description}")
     print(f"Hardware  : {hardware.describe()}")
@@ -212,4 +226,4 @@ def describe_run(
         print("NOTE: outputs below come from a stand-in model, not from Llama 3.2 1B's pretrained weights.")
     if not choice.accuracy_means_something:
         print("NOTE: random weights: memory and speed are real, loss and accuracy mean nothing.")
-    return profile, choice, hardware, results, outputs
+    return Run(profile, choice, hardware, Path(results_dir or root / "results"), Path(output_dir or root / "outputs"))

@@ -29,7 +29,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 NAIVE = {  # TRL's SFTConfig defaults and PEFT's usual LoraConfig
     "gradient_checkpointing": True,
@@ -181,8 +180,7 @@ class CountingCollator:
 def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     """Train one row in this process and measure it."""
     import torch
-    from train import LEARNING_RATES, adapters_to_float32, load_model
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from helpers.data import (
         batches_of_similar_length,
@@ -199,12 +197,13 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
         load_tokenizer,
         resolve_profile,
     )
+    from helpers.recipe import adapters_to_float32, load_model, sft_config
     from helpers.speed import ThroughputCallback
 
     hardware = detect_hardware()
     precision = hardware.precision
     profile = resolve_profile(args.profile)
-    choice = choose_model(profile, None)
+    choice = choose_model(profile, None, os.environ.get("COURSE_CACHE_DIR"))
     tokenizer = load_tokenizer(choice.path)
     examples = args.steps * knobs["batch"] * knobs["accumulation"]
     sizes = {"validation": args.eval_examples} if args.long else {"train": examples, "validation": args.eval_examples}
@@ -227,29 +226,22 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     )
     if knobs["gradient_checkpointing"] and method != "full":
         model.enable_input_require_grads()  # checkpointed LoRA layers need a gradient path from the inputs
-    training_args = SFTConfig(
+    training_args = sft_config(  # helpers/recipe.py: the course's settings, the row's knobs changed
+        method, profile, hardware,
         output_dir=tempfile.mkdtemp(prefix="bench-"),
-        num_train_epochs=1,
-        per_device_train_batch_size=knobs["batch"],
+        batch=knobs["batch"],
+        max_length=None if knobs["padding_free"] else args.max_length,  # lengths were checked above
+        seed=knobs["seed"],
         gradient_accumulation_steps=knobs["accumulation"],
         gradient_checkpointing=knobs["gradient_checkpointing"],
         train_sampling_strategy=sampling,
         padding_free=knobs["padding_free"],
-        max_length=None if knobs["padding_free"] else args.max_length,  # lengths were checked above
         optim=knobs["optim"],
         torch_compile=knobs["torch_compile"],
         use_liger_kernel=knobs["liger"],
-        learning_rate=LEARNING_RATES[method][profile != "tiny"],
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-        completion_only_loss=True,
-        bf16=precision.bf16,
-        fp16=precision.fp16,
-        use_cpu=hardware.device_type == "cpu",
         logging_steps=1,
         save_strategy="no",
-        seed=knobs["seed"],
-        report_to="none",
+        logging_nan_inf_filter=True,  # TRL's default, as the rows were measured
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
     )
@@ -538,8 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     hardware = detect_hardware()
     print(f"{len(rows)} rows, {args.steps} steps each, profile {args.profile}, on {hardware.describe()}", flush=True)
     import peft  # noqa: F401  imported before forking (peft alone takes 10 s to import here)
-    import train  # noqa: F401
     import trl  # noqa: F401
+
+    import helpers.recipe  # noqa: F401
 
     earlier = None
     if args.merge and args.out.exists():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ def measure(profile: str, variant: str) -> None:
     """Load the model one way, in this fresh process, and print estimate, tensor bytes and resident memory."""
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     hardware = detect_hardware()
-    choice = choose_model(profile)
+    choice = choose_model(profile, cache_dir=os.environ.get("COURSE_CACHE_DIR"))
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(choice.path))
     if variant == "bf16":
@@ -67,7 +68,7 @@ def main() -> None:
     if args.variant:
         measure(args.profile, args.variant)
         return
-    choice = choose_model(args.profile)  # builds the random model on first use
+    choice = choose_model(args.profile, cache_dir=os.environ.get("COURSE_CACHE_DIR"))  # built on first use
     print(f"{choice.description}\non {detect_hardware().describe()}\n", flush=True)
     for variant in VARIANTS:
         subprocess.run([sys.executable, __file__, "--profile", args.profile, "--variant", variant], check=True)

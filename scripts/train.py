@@ -8,9 +8,10 @@
 Without a GPU, `--multi_gpu --num_processes 2` runs two CPU processes, data parallel over gloo (the tests compare its
 losses with one process's); `--num_processes 2` without `--multi_gpu` or a config file starts one process only.
 
-Same data, model loading, LoraConfig / BitsAndBytesConfig and SFTConfig settings as notebooks 1 to 3
-(tests/test_train_script.py checks them). The global batch (--global-batch, default 8 examples per optimizer step) is
-split across the processes, so one GPU and four train the same recipe on the same examples in each step.
+Same data, model loading, LoraConfig / BitsAndBytesConfig and SFTConfig settings as notebooks 1 to 3, from
+helpers/recipe.py (tests/test_train_script.py checks them against the notebooks). The global batch (--global-batch,
+default 8 examples per optimizer step) is split across the processes, so one GPU and four train the same recipe on the
+same examples in each step.
 Checkpoints go to <output-dir>/checkpoints (an interrupted run resumes from the newest complete one); the trained model
 or adapter and the tokenizer go to <output-dir>/final, written by the first process only, whole or not at all. Profiles
 and environment variables as in the notebooks (COURSE_PROFILE, COURSE_MODEL_ID, COURSE_PRECISION). Your own data, as
@@ -23,14 +24,14 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-from trl import SFTConfig, SFTTrainer
+from transformers import AutoModelForCausalLM
+from trl import SFTTrainer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -39,22 +40,16 @@ from helpers.artifacts import atomic_dir, shown  # noqa: E402
 from helpers.data import batches_of_similar_length, check_lengths, load_dataset_any, to_conversational  # noqa: E402
 from helpers.evaluate import eval_loss, reply_scores, score_line  # noqa: E402
 from helpers.guards import (  # noqa: E402
+    CheckpointOnInterrupt,
     StopOnNonFiniteLoss,
     check_report_to,
     check_special_tokens,
     check_trainable_dtypes,
-    checkpoint_on_interrupt,
     last_good_checkpoint,
 )
-from helpers.hardware import keep_4bit_layers_trainable  # noqa: E402
 from helpers.models import CHAT_TEMPLATE_KWARGS, load_tokenizer  # noqa: E402
 from helpers.preflight import describe_run  # noqa: E402
-
-LEARNING_RATES = {  # as in the notebooks: (tiny profile, real model)
-    "full": (5e-4, 1e-5),
-    "lora": (5e-3, 2e-4),
-    "qlora": (5e-3, 2e-4),
-}
+from helpers.recipe import METHODS, adapters_to_float32, load_model, sft_config  # noqa: E402
 
 
 def per_device_batch(global_batch: int, processes: int) -> int:
@@ -67,58 +62,15 @@ def per_device_batch(global_batch: int, processes: int) -> int:
     return global_batch // processes
 
 
-def load_model(
-    method: str, path: str, dtype: torch.dtype, device: str | int, seed: int,
-    lora_dropout: float = 0.0, attention: str = "sdpa", upcast: bool = False,
-) -> torch.nn.Module:
-    """The base model for a method, with LoRA adapters for lora and qlora (4-bit NF4 base for qlora).
-
-    qlora, as notebook 3: prepare_model_for_kbit_training casts the embedding and norms to float32; they stay frozen,
-    so they go back to dtype, the compute dtype (upcast=True keeps PEFT's float32: the benchmark's naive rows).
-    """
-    torch.manual_seed(seed)
-    if method == "full":
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attention)  # float32 master weights
-    if method == "lora":
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention)
-    else:
-        bnb_config = BitsAndBytesConfig(
-            load_in_4bit=True,  # the linear layers' weights in 4 bits
-            bnb_4bit_quant_type="nf4",  # NormalFloat4
-            bnb_4bit_use_double_quant=True,  # quantize the per-block scales too
-            bnb_4bit_compute_dtype=dtype,  # each matmul dequantizes to this
-        )
-        model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=bnb_config, dtype=dtype, device_map={"": device},  # one copy per process
-            attn_implementation=attention,
-        )
-        keep_4bit_layers_trainable(model)  # CPU only: see notebook 3
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        if not upcast:
-            frozen_to_compute_dtype(model, dtype)
-    lora_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora_config)
-
-
-def frozen_to_compute_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Cast the frozen float32 weights (what prepare_model_for_kbit_training upcast: embedding, norms) to dtype."""
-    for param in model.parameters():
-        if param.dtype == torch.float32 and not param.requires_grad:
-            param.data = param.data.to(dtype)
-
-
-def adapters_to_float32(model: torch.nn.Module) -> None:
-    """Cast the trainable weights to float32, undoing SFTTrainer's bf16 cast of a 4-bit model's adapters."""
-    for param in model.parameters():
-        if param.requires_grad:
-            param.data = param.data.float()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", choices=sorted(LEARNING_RATES), required=True)
-    parser.add_argument("--profile", default="auto", help="auto, llama-3.2-1b, tiny or llama-3.2-1b-random")
-    parser.add_argument("--model-id", default=None, help="hub id for the llama-3.2-1b profile")
+    parser.add_argument("--method", choices=METHODS, required=True)
+    parser.add_argument("--profile", default=os.environ.get("COURSE_PROFILE", "auto"),
+                        help="auto, llama-3.2-1b, tiny or llama-3.2-1b-random (default: COURSE_PROFILE, else auto)")
+    parser.add_argument("--model-id", default=os.environ.get("COURSE_MODEL_ID"),
+                        help="hub id for the llama-3.2-1b profile (default: COURSE_MODEL_ID)")
+    parser.add_argument("--precision", default=os.environ.get("COURSE_PRECISION", "auto"),
+                        help="auto, bf16, fp16 or fp32 (default: COURSE_PRECISION, else auto)")
     parser.add_argument("--data", default="support", help="support, a .jsonl/.json/.csv file or a hub dataset id")
     parser.add_argument(
         "--column-map", type=json.loads, default=None, help='your column names, e.g. \'{"prompt": "question", "completion": "answer"}\''
@@ -154,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     check_report_to(args.report_to)
     batch = per_device_batch(args.global_batch, state.num_processes)
     with contextlib.redirect_stdout(sys.stdout if state.is_main_process else io.StringIO()):  # one banner
-        profile, choice, hardware, _, outputs = describe_run(args.profile, args.model_id, None, None)
+        run = describe_run(args.profile, args.model_id, None, os.environ.get("COURSE_OUTPUT_DIR"), args.precision,
+                           os.environ.get("COURSE_GPU_MEMORY_GIB"), os.environ.get("COURSE_CACHE_DIR"))
+    profile, choice, hardware, outputs = run.profile, run.choice, run.hardware, run.output_dir
     precision = hardware.precision
     output_dir = args.output_dir or outputs / f"script-{args.method}"
     if state.is_main_process:
@@ -172,28 +126,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.sampling == "similar_length":  # as the notebooks: batches of similar length, in random order
         train_data = batches_of_similar_length(train_data, tokenizer, args.global_batch, args.seed)
 
-    training_args = SFTConfig(
+    training_args = sft_config(  # helpers/recipe.py: the notebooks' settings, these changed
+        args.method, profile, hardware,
         output_dir=str(output_dir / "checkpoints"),
-        num_train_epochs=1,
+        batch=batch,
+        max_length=args.max_length,
+        seed=args.seed,
+        learning_rate=args.learning_rate,  # None: the notebook's for the method
         max_steps=args.max_steps,
-        per_device_train_batch_size=batch,
         gradient_checkpointing=args.gradient_checkpointing,  # off unless asked: the notebooks' memory plan decides
         train_sampling_strategy="sequential" if args.sampling == "similar_length" else args.sampling,
-        learning_rate=args.learning_rate or LEARNING_RATES[args.method][profile != "tiny"],
-        optim="paged_adamw_8bit" if args.method == "qlora" and hardware.device_type == "cuda" else "adamw_torch_fused",
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-        max_length=args.max_length,
-        completion_only_loss=True,
-        bf16=precision.bf16,
-        fp16=precision.fp16,
-        use_cpu=hardware.device_type == "cpu",
         logging_steps=args.logging_steps,
-        save_steps=100,
-        save_total_limit=2,
-        seed=args.seed,
         report_to=args.report_to,
-        logging_nan_inf_filter=False,
         ddp_find_unused_parameters=False,  # every adapter takes part in every step
     )
     check_trainable_dtypes(model, training_args.fp16)  # float16 trainable weights would fail later, obscurely
@@ -202,14 +146,13 @@ def main(argv: list[str] | None = None) -> None:
         args=training_args,
         train_dataset=train_data,
         processing_class=tokenizer,
-        callbacks=[StopOnNonFiniteLoss()],
+        callbacks=[StopOnNonFiniteLoss(), CheckpointOnInterrupt()],  # Ctrl-C or SIGTERM: a checkpoint, then stop
     )
     if args.method == "qlora":  # as notebook 3: float32 adapters, whatever SFTTrainer cast them to
         adapters_to_float32(trainer.model)
 
     checkpoint = last_good_checkpoint(training_args.output_dir, quiet=not state.is_main_process)
-    with checkpoint_on_interrupt(trainer):
-        trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     state.wait_for_everyone()
     state_dict = trainer.accelerator.get_state_dict(trainer.model)  # every process takes part: FSDP gathers its shards
     if not state.is_main_process:  # the first process writes the model and evaluates it

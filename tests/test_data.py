@@ -543,7 +543,8 @@ def test_score_replies():
 def test_chrf_is_100_for_identical_texts_and_low_for_unrelated_ones():
     texts = ["Water the fern twice a week.", "Paris is the capital of France.", "Ünïcode, émojis 🌿 and\nnew lines."]
     same = hd.chrf_scores(texts, texts)
-    assert same == {"metric": "chrF", "n": 3, "chrF": pytest.approx(100), "chrF_mean": pytest.approx(100)}
+    assert same == {"metric": "chrF", "n": 3, "chrF": pytest.approx(100), "chrF_mean": pytest.approx(100),
+                    "per_reply": pytest.approx([100, 100, 100])}
     unrelated = hd.chrf_scores(["zebra quokka 4711", "xylophone"], texts[:2])
     assert 0 <= unrelated["chrF"] < 15 and 0 <= unrelated["chrF_mean"] < 15
     empty = hd.chrf_scores(["", "Paris is the capital of France."], texts[:2])  # a model may say nothing

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import time
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -572,10 +573,9 @@ def test_nan_guard_refuses_the_default_log_filter_that_hides_nan(tmp_path):
 
 
 def train_like_the_notebook(trainer):
-    """The notebooks' training cell: resume from the last complete checkpoint; Ctrl-C saves one and stops."""
-    checkpoint = guards.last_good_checkpoint(trainer.args.output_dir)
-    with guards.checkpoint_on_interrupt(trainer):
-        return trainer.train(resume_from_checkpoint=checkpoint)
+    """The notebooks' training cell: Ctrl-C saves a checkpoint and stops (a callback); resume from the last one."""
+    trainer.add_callback(guards.CheckpointOnInterrupt())
+    return trainer.train(resume_from_checkpoint=guards.last_good_checkpoint(trainer.args.output_dir))
 
 
 def test_last_good_checkpoint_handles_missing_empty_and_corrupt_folders(tmp_path, capsys):
@@ -636,11 +636,26 @@ def test_interrupt_saves_a_checkpoint_and_resuming_matches_the_uninterrupted_run
 
 
 def test_keyboard_interrupt_mid_step_points_to_the_last_good_checkpoint(tmp_path):
-    def interrupt(model):
-        raise KeyboardInterrupt
+    def interrupt(model):  # Ctrl-C twice: the second press stops at once
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
 
+    handler_before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt, match=r"stopped mid-step\. Re-run this cell to resume from .*checkpoint-2"):
         train_like_the_notebook(make_trainer(tmp_path, callbacks=[AtStep(3, interrupt)]))
+    assert signal.getsignal(signal.SIGINT) is handler_before
+
+
+def test_an_interrupt_after_a_failed_run_interrupts_again(tmp_path):
+    """A run that ended with an error never reached on_train_end: Ctrl-C must not be swallowed afterwards."""
+    def fail(model):
+        raise RuntimeError("a bad batch")
+
+    with pytest.raises(RuntimeError, match="a bad batch"):
+        train_like_the_notebook(make_trainer(tmp_path, callbacks=[AtStep(3, fail)]))
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
 
 
 # ---------------------------------------------------------------------------

@@ -114,30 +114,26 @@ def test_course_precision_overrides_the_rule_where_the_device_can_do_it(monkeypa
         choose_precision("cuda", (7, 5), "bf16")
     with pytest.raises(ValueError, match="'half' is not a precision: use auto, bf16, fp16 or fp32"):
         choose_precision("cuda", (9, 0), "half")
-    monkeypatch.setenv("COURSE_PRECISION", "bf16")
-    found = detect_hardware()
+    monkeypatch.setenv("COURSE_PRECISION", "fp16")  # helpers read no COURSE_* variable: the parameters cell does
+    found = detect_hardware("bf16")
     if found.device_type == "cpu":
         assert found.precision is BF16 and found.precision_forced
-        assert found.describe().endswith("bf16 (set by COURSE_PRECISION)")
+        assert found.describe().endswith("bf16 (set by PRECISION)")
 
 
 def test_gpu_memory_cap_sets_the_process_fraction(monkeypatch):
     fractions = []
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device: fractions.append((f, device)))
-    monkeypatch.setenv("COURSE_GPU_MEMORY_GIB", "15")
-    assert hardware_module._cap_gpu_memory(80 * 2**30) == (15 * 2**30, 80 * 2**30)
+    assert hardware_module._cap_gpu_memory(80 * 2**30, "15") == (15 * 2**30, 80 * 2**30)
     assert fractions == [(15 / 80, 0)]
-    monkeypatch.setenv("COURSE_GPU_MEMORY_GIB", "100")
     with pytest.raises(ValueError, match=r"at most this GPU's 80\.0 GiB"):
-        hardware_module._cap_gpu_memory(80 * 2**30)
-    monkeypatch.setenv("COURSE_GPU_MEMORY_GIB", "a T4")
+        hardware_module._cap_gpu_memory(80 * 2**30, 100)
     with pytest.raises(ValueError, match="is not a number of GiB"):
-        hardware_module._cap_gpu_memory(80 * 2**30)
-    monkeypatch.delenv("COURSE_GPU_MEMORY_GIB")
-    assert hardware_module._cap_gpu_memory(80 * 2**30) == (80 * 2**30, None)
+        hardware_module._cap_gpu_memory(80 * 2**30, "a T4")
+    assert hardware_module._cap_gpu_memory(80 * 2**30, None) == (80 * 2**30, None)
     capped = Hardware("cuda", "NVIDIA H100", (9, 0), 15 * 2**30, 16, FP16_MIXED, True, 80 * 2**30)
-    assert "capped at 15.0 of 80.0 GiB by COURSE_GPU_MEMORY_GIB" in capped.describe()
-    assert capped.describe().endswith("fp16 mixed (set by COURSE_PRECISION)")
+    assert "capped at 15.0 of 80.0 GiB" in capped.describe()
+    assert capped.describe().endswith("fp16 mixed (set by PRECISION)")
 
 
 def test_package_versions():
@@ -229,14 +225,14 @@ def test_the_upstream_repacking_bug_is_still_there_or_the_workaround_can_go():
     )
 
 
-def test_describe_run_prints_the_banner_and_lets_the_environment_choose_the_folders(monkeypatch, tmp_path, capsys):
-    monkeypatch.setenv("COURSE_PROFILE", "tiny")
-    monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path / "results"))
-    monkeypatch.delenv("COURSE_OUTPUT_DIR", raising=False)
-    profile, choice, hardware, results_dir, output_dir = describe_run("auto", None, "ignored", None)
+def test_describe_run_prints_the_banner_and_takes_plain_arguments(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("COURSE_PROFILE", "llama-3.2-1b")  # helpers read no COURSE_* variable: the parameters cell does
+    monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path / "elsewhere"))
+    run = describe_run("tiny", None, tmp_path / "results", None)
+    profile, choice, hardware = run.profile, run.choice, run.hardware
     assert profile == "tiny" and "tiny Llama" in choice.description
-    assert results_dir == tmp_path / "results"  # the environment wins over the parameters cell
-    assert output_dir == Path(__file__).resolve().parent.parent / "outputs"  # default: in the course folder
+    assert run.results_dir == tmp_path / "results"
+    assert run.output_dir == Path(__file__).resolve().parent.parent / "outputs"  # default: in the course folder
     printed = capsys.readouterr().out
     for label in ("Profile   : tiny", "Model     :", f"Hardware  : {hardware.describe()}", "Precision :", "Versions  :"):
         assert label in printed

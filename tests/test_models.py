@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,28 +82,34 @@ def examples():
     return to_conversational(load_support({"train": 16, "validation": 8, "test": 8}))
 
 
-def test_profile_env_overrides_notebook_value(monkeypatch):
+def test_helpers_read_no_course_variable_the_parameters_cell_does(monkeypatch):
     monkeypatch.setenv("COURSE_PROFILE", "tiny")
-    assert resolve_profile("llama-3.2-1b") == "tiny"
+    monkeypatch.setenv("COURSE_MODEL_ID", "someone/elsewhere")
+    assert resolve_profile("llama-3.2-1b") == "llama-3.2-1b"
+    assert choose_model("llama-3.2-1b").path == "meta-llama/Llama-3.2-1B-Instruct"
+    helpers = Path(models.__file__).parent
+    reads = [
+        f"{path.name}:{n}"
+        for path in sorted(helpers.glob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"environ[^\n]*COURSE_", line)
+    ]
+    assert not reads, f"helpers read COURSE_* variables (read them in the notebooks' parameters cell): {reads}"
 
 
-def test_auto_profile_follows_hardware(monkeypatch):
-    monkeypatch.delenv("COURSE_PROFILE", raising=False)
+def test_auto_profile_follows_hardware():
     assert resolve_profile("auto", cuda_available=True) == "llama-3.2-1b"
     assert resolve_profile("auto", cuda_available=False) == "tiny"
 
 
-def test_unknown_profile_lists_the_choices(monkeypatch):
-    monkeypatch.delenv("COURSE_PROFILE", raising=False)
-    with pytest.raises(ValueError, match=r"Unknown profile 'llama-7b'.*tiny.*COURSE_PROFILE"):
+def test_unknown_profile_lists_the_choices():
+    with pytest.raises(ValueError, match=r"Unknown profile 'llama-7b'.*tiny.*PROFILE"):
         resolve_profile("llama-7b")
 
 
-def test_real_profile_uses_hub_id_and_env_override(monkeypatch):
-    monkeypatch.delenv("COURSE_MODEL_ID", raising=False)
+def test_real_profile_uses_hub_id_and_its_override():
     assert choose_model("llama-3.2-1b").path == "meta-llama/Llama-3.2-1B-Instruct"
-    monkeypatch.setenv("COURSE_MODEL_ID", "someone/llama-3.2-1b-mirror")
-    assert choose_model("llama-3.2-1b").path == "someone/llama-3.2-1b-mirror"
+    assert choose_model("llama-3.2-1b", "someone/llama-3.2-1b-mirror").path == "someone/llama-3.2-1b-mirror"
 
 
 def test_missing_tiny_model_names_the_build_command(monkeypatch, tmp_path):

@@ -16,6 +16,7 @@ import torch
 
 from helpers.evaluate import tokenize_with_mask
 from helpers.hardware import BF16, FP16_MIXED, FP32, Precision
+from helpers.memory import MemoryTracker
 from helpers.models import TINY_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,8 @@ def notebook_namespace(tmp_path: Path, precision: Precision, memory_bytes: int =
         "SEED": 42, "MAX_LENGTH": 256, "TRAIN_EXAMPLES": 8, "EVAL_EXAMPLES": 4, "TEST_EXAMPLES": 2,
         "REPORT_TO": "none", "output_dir": tmp_path, "os": os, "DATA": "support", "COLUMN_MAP": None,
         "tokenize_with_mask": tokenize_with_mask,  # imported by a section 3 cell these tests skip
+        "tracker": MemoryTracker("cpu"),  # made by a section 2 cell these tests skip
+        "PLAN": None,  # notebook 1's parameters cell: the first memory plan that fits
     }
 
 

@@ -4,26 +4,23 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import inspect
 import json
 import os
 import socket
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
 import pytest
+import torch
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.launch import prepare_multi_gpu_env
-from peft import LoraConfig
-from transformers import BitsAndBytesConfig
-from trl import SFTConfig
 
+from helpers import recipe
 from helpers.hardware import choose_precision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,93 +99,49 @@ def test_qlora_on_two_cpu_processes_trains_the_same_steps_as_on_one(tmp_path):
     assert two == pytest.approx(one, abs=LOSS_TOLERANCE)
 
 
-# --- The notebooks and the script build the same configs --------------------------------------------------------
+# --- The notebooks and helpers/recipe.py (what the scripts train with) hold the same values ------------------------
 
 NOTEBOOKS = {  # notebook: (method, the config classes it builds)
     "01_full_finetuning.ipynb": ("full", {"SFTConfig"}),
     "02_lora.ipynb": ("lora", {"LoraConfig", "SFTConfig"}),
     "03_qlora.ipynb": ("qlora", {"BitsAndBytesConfig", "LoraConfig", "SFTConfig"}),
 }
-CONFIG_CLASSES = {"SFTConfig": SFTConfig, "LoraConfig": LoraConfig, "BitsAndBytesConfig": BitsAndBytesConfig}
-ALLOWED_TO_DIFFER = {
-    # the script writes <output-dir>/checkpoints; the notebooks <method>-checkpoints beside their merged models
-    "output_dir",
-    # the notebooks count real tokens for their ThroughputCallback's speed table; the script has no such callback
-    "include_num_input_tokens_seen",
-    # DDP only: the notebooks train in one process
-    "ddp_find_unused_parameters",
-}
-# AdamW either way: the fused kernel (SFTConfig's default, the script's) computes the same update as the loop
-SAME_OPTIMIZER = {"adamw_torch_fused": "adamw_torch"}
-SETTINGS = [("cpu", None, "tiny"), ("cuda", (8, 0), "llama-3.2-1b")]  # (device, capability, profile)
+CONFIG_CLASSES = {"SFTConfig", "LoraConfig", "BitsAndBytesConfig"}
+# the notebooks count real tokens for their speed table; the scripts' fused AdamW computes the same update as adamw_torch
+NOT_RECIPE = {"include_num_input_tokens_seen", "optim"}
 
 
-def config_calls(tree: ast.AST) -> dict[str, dict[str, ast.expr]]:
-    """{class name: {keyword: value expression}} for each SFTConfig(...), LoraConfig(...), BitsAndBytesConfig(...)."""
-    calls = {}
+def literal_keywords(notebook: str) -> dict[str, dict]:
+    """{class: {keyword: value}} for the literal keywords of a notebook's config calls; `a if ... else b` gives (a, b)."""
+    cells = json.loads((ROOT / "notebooks" / notebook).read_text())["cells"]
+    tree = ast.parse("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"))
+    calls: dict[str, dict] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in CONFIG_CLASSES:
-            assert node.func.id not in calls, f"{node.func.id} is built twice"
-            calls[node.func.id] = {k.arg: k.value for k in node.keywords}
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in CONFIG_CLASSES:
+            for k in node.keywords:
+                values = [k.value.body, k.value.orelse] if isinstance(k.value, ast.IfExp) else [k.value]
+                with contextlib.suppress(ValueError):  # not a literal: a name, a call, a comparison
+                    literals = tuple(ast.literal_eval(v) for v in values)
+                    calls.setdefault(node.func.id, {})[k.arg] = literals if len(literals) > 1 else literals[0]
     return calls
 
 
-def literal_names(tree: ast.Module) -> dict:
-    """Top-level NAME = <literal> assignments made once (the parameters cell, notebook 1's plans)."""
-    assigned = [(n.targets[0].id, n.value) for n in tree.body
-                if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)]
-    once = Counter(name for name, _ in assigned)
-    values = {}
-    for name, value in assigned:
-        if once[name] == 1:
-            with contextlib.suppress(ValueError, TypeError, SyntaxError):  # not a literal
-                values[name] = ast.literal_eval(value)
-    return values
-
-
-def evaluate(calls: dict[str, ast.expr], key: str, names: dict, config_class: type):
-    """The value a call passes for key, computed with names; the class's default where the call leaves key out."""
-    if key in calls:
-        value = eval(compile(ast.Expression(calls[key]), "<config>", "eval"), {"__builtins__": {}}, names)
-    else:
-        value = inspect.signature(config_class).parameters[key].default
-    return SAME_OPTIMIZER.get(value, value) if isinstance(value, str) else value
-
-
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
-def test_the_script_builds_the_notebooks_configs(notebook):
-    """Same keywords and values in SFTConfig, LoraConfig and BitsAndBytesConfig as the notebook, on CPU and on GPU.
-
-    Each side's expressions are evaluated with its own names: the notebook's parameters cell (and notebook 1's first,
-    "plain" memory plan, the one that fits where the script's full fine-tuning runs; notebooks 2 and 3's plan without
-    gradient checkpointing, the script's default), the script's command-line
-    defaults. A keyword that only one side passes must have SFTConfig's (LoraConfig's, ...) default there.
-    """
+def test_the_recipe_has_the_notebooks_values(notebook):
     method, classes = NOTEBOOKS[notebook]
-    cells = json.loads((ROOT / "notebooks" / notebook).read_text())["cells"]
-    code = [ast.parse("".join(c["source"])) for c in cells if c["cell_type"] == "code"]
-    notebook_code = ast.Module([node for cell in code for node in cell.body], [])
-    in_notebook, in_script = config_calls(notebook_code), config_calls(ast.parse(SCRIPT.read_text()))
-    assert set(in_notebook) == classes
-    notebook_names = literal_names(notebook_code)
-    if "plans" in notebook_names:
-        notebook_names["plan"] = notebook_names["plans"][0]
-    notebook_names["gradient_checkpointing"] = False  # notebooks 2 and 3's memory plan where the batch fits, as here
-    args = train.build_parser().parse_args(["--method", method])
-    defaults = {k: p.default for k, p in inspect.signature(train.load_model).parameters.items() if p.default is not p.empty}
-    for device, capability, profile in SETTINGS:
-        precision = choose_precision(device, capability)
-        common = {"profile": profile, "hardware": SimpleNamespace(device_type=device), "precision": precision}
-        names = {  # the script's main() passes load_model precision.torch_dtype; batch: one process's share
-            "notebook": {**notebook_names, **common},
-            "script": {**defaults, **common, "args": args, "LEARNING_RATES": train.LEARNING_RATES,
-                       "batch": train.per_device_batch(args.global_batch, 1), "dtype": precision.torch_dtype},
-        }
-        for name in classes:
-            sides = {"notebook": in_notebook[name], "script": in_script[name]}
-            for key in sorted((set(sides["notebook"]) | set(sides["script"])) - ALLOWED_TO_DIFFER):
-                values = {side: evaluate(calls, key, names[side], CONFIG_CLASSES[name]) for side, calls in sides.items()}
-                assert values["notebook"] == values["script"], f"{name}({key}=...) on {device}, profile {profile}: {values}"
+    calls = literal_keywords(notebook)
+    assert set(calls) == classes
+    assert calls["SFTConfig"].pop("learning_rate") == recipe.LEARNING_RATES[method]  # (tiny profile, real model)
+    hardware = SimpleNamespace(device_type="cpu", precision=choose_precision("cpu", None))
+    built = {
+        "SFTConfig": recipe.sft_config(method, "tiny", hardware, output_dir="unused", batch=8, max_length=256, seed=42),
+        "LoraConfig": recipe.lora_config(),
+        "BitsAndBytesConfig": recipe.bnb_config(torch.float32),
+    }
+    for name, keywords in calls.items():
+        for key, value in keywords.items():
+            if key not in NOT_RECIPE:
+                assert getattr(built[name], key) == value, f"{notebook}: {name}({key}={value!r}) differs from the recipe"
 
 
 # --- Several GPUs: the FSDP config ---------------------------------------------------------------------------------
