@@ -16,6 +16,7 @@ $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .  # the helpers package, so that scripts and tests import it
 	touch $(STAMP)
 
 course: $(STAMP)
@@ -27,7 +28,7 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	COURSE_PROFILE=$${COURSE_PROFILE:-tiny} COURSE_RESULTS_DIR=$(CURDIR)/.cache/test-run/results \
-	COURSE_OUTPUT_DIR=$(CURDIR)/.cache/test-run/outputs \
+	COURSE_OUTPUT_DIR=$(CURDIR)/.cache/test-run/outputs COURSE_SWEEP_TRAIN_EXAMPLES=400 \
 	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=15 tests notebooks
 
 # The course's training recipe against the pipeline a learner would copy, one knob at a time (tiny profile, every

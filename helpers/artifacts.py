@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
 
 
 def shown(path: str | Path) -> str:
     """A path as the notebooks print it: relative to the course folder when inside it, so outputs hold no machine paths."""
     path = Path(path).resolve()
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 @contextmanager
@@ -36,3 +36,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def dir_size_bytes(path: str | Path) -> int:
+    """Total size in bytes of the files under a directory (or of one file), e.g. a saved model or adapter."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Nothing at {path}: save the model or adapter there first.")
+    if path.is_file():
+        return path.stat().st_size
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())  # follows symlinks

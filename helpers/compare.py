@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers.data import TASK_ACCURACY
 from helpers.evaluate import wilson_interval
 from helpers.memory import format_bytes
 from helpers.results import load_results, notebook_fingerprint
+from helpers.scoring import TASK_ACCURACY
 
 # Which notebook writes which results file.
 NOTEBOOK_OF = {"full": "01_full_finetuning.ipynb", "lora": "02_lora.ipynb", "qlora": "03_qlora.ipynb"}
@@ -108,7 +108,7 @@ def format_rows(rows: dict[str, dict[str, str]]) -> str:
 
 
 # performance-anchors.md row 27: Unsloth's Llama 3.2 1B QLoRA notebook (A10G, batch 1 x 8, up to 2,048 tokens)
-UNSLOTH_PEAK_RESERVED = "2.16 GiB on an A10G"
+_UNSLOTH_PEAK_RESERVED = "2.16 GiB on an A10G"
 
 
 def benchmark_rows(run: dict) -> list[dict]:
@@ -176,7 +176,7 @@ def benchmark_findings(run: dict) -> list[str]:
         if r["row"].startswith("unsloth settings") and "peak_reserved_bytes" in r["peak_memory"]:
             lines.append(
                 f"{r['method']} at {r['row']}: peak reserved {format_bytes(r['peak_memory']['peak_reserved_bytes'])}, "
-                f"{r['tokens_per_second']:,.0f} tokens/s (Unsloth's Llama 3.2 1B notebook: {UNSLOTH_PEAK_RESERVED}, "
+                f"{r['tokens_per_second']:,.0f} tokens/s (Unsloth's Llama 3.2 1B notebook: {_UNSLOTH_PEAK_RESERVED}, "
                 "on its own data and kernels)"
             )
     return lines

@@ -12,24 +12,23 @@ import io
 import json
 import math
 import random
-import re
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
 import datasets
 from datasets import Dataset, DatasetDict
-from sacrebleu.metrics import CHRF
 
-SUPPORT_DIR = Path(__file__).resolve().parent.parent / "data" / "support"
-SPLITS = ("train", "validation", "test")
-HELDOUT_TEXT = SUPPORT_DIR.parent / "pretrain" / "heldout.txt"  # the tiny model's pretraining generator, unseen draws
-GENERAL_TEXT = SUPPORT_DIR.parent / "general" / "paragraphs.txt"  # general English prose written for this course
-SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation"}
-LOCAL_SUFFIXES = (".jsonl", ".json", ".csv")
-REPLY_FIELDS = ("category", "order", "product")
-SPLIT_SEED = 42
-SHOW_ROWS = 5  # how many row indices an error message lists
+from helpers import ROOT
+
+SUPPORT_DIR = ROOT / "data" / "support"
+_SPLITS = ("train", "validation", "test")
+_HELDOUT_TEXT = SUPPORT_DIR.parent / "pretrain" / "heldout.txt"  # the tiny model's pretraining generator, unseen draws
+_GENERAL_TEXT = SUPPORT_DIR.parent / "general" / "paragraphs.txt"  # general English prose written for this course
+_SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation"}
+_LOCAL_SUFFIXES = (".jsonl", ".json", ".csv")
+_SPLIT_SEED = 42
+_SHOW_ROWS = 5  # how many row indices an error message lists
 
 
 # ---------------------------------------------------------------------------
@@ -57,7 +56,7 @@ def read_text(path: str | Path) -> str:
         ) from None
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def _read_jsonl(path: str | Path) -> list[dict]:
     """Read a JSON Lines file into a list of dicts; bad lines are reported by line number."""
     text = read_text(path)
     rows = []
@@ -82,14 +81,14 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def read_json(path: str | Path) -> list[dict]:
+def _read_json(path: str | Path) -> list[dict]:
     """Read a .json file holding a list of objects (or JSON Lines saved as .json)."""
     text = read_text(path)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         if err.msg == "Extra data":  # several objects, one per line: JSON Lines with a .json name
-            return read_jsonl(path)
+            return _read_jsonl(path)
         raise ValueError(
             f"{path} line {err.lineno} is not valid JSON: {err.msg} (column {err.colno}). "
             "Expected a list of objects, or one JSON object per line."
@@ -107,13 +106,13 @@ def read_json(path: str | Path) -> list[dict]:
     not_objects = [i for i, row in enumerate(value) if not isinstance(row, dict)]
     if not_objects:
         raise ValueError(
-            f"{path}: items {not_objects[:SHOW_ROWS]} of the list are not JSON objects. "
+            f"{path}: items {not_objects[:_SHOW_ROWS]} of the list are not JSON objects. "
             'Every item must look like {"prompt": "...", "completion": "..."}.'
         )
     return value
 
 
-def read_csv(path: str | Path) -> list[dict]:
+def _read_csv(path: str | Path) -> list[dict]:
     """Read a CSV file with a header row into a list of dicts (all values are strings)."""
     text = read_text(path)
     rows = list(csv.DictReader(io.StringIO(text)))
@@ -124,7 +123,7 @@ def read_csv(path: str | Path) -> list[dict]:
     return rows
 
 
-def rows_to_dataset(rows: list[dict], source_name: str) -> Dataset:
+def _rows_to_dataset(rows: list[dict], source_name: str) -> Dataset:
     """Turn a list of dicts into a Dataset, reporting columns whose value types are mixed."""
     columns: dict[str, list] = {}
     for row in rows:
@@ -133,20 +132,20 @@ def rows_to_dataset(rows: list[dict], source_name: str) -> Dataset:
     for key in columns:
         columns[key] = [row.get(key) for row in rows]
     for key, values in columns.items():
-        kinds = [type_name(v) for v in values if v is not None]
+        kinds = [_type_name(v) for v in values if v is not None]
         if len(set(kinds)) > 1:
             common = Counter(kinds).most_common(1)[0][0]
-            odd = [i for i, v in enumerate(values) if v is not None and type_name(v) != common]
+            odd = [i for i, v in enumerate(values) if v is not None and _type_name(v) != common]
             raise ValueError(
                 f"{source_name}: column '{key}' mixes value types: mostly {common}, but "
-                f"{type_name(values[odd[0]])} in rows {odd[:SHOW_ROWS]} (rows counted from 0). "
+                f"{_type_name(values[odd[0]])} in rows {odd[:_SHOW_ROWS]} (rows counted from 0). "
                 f"Expected one type per column; fix: make every '{key}' value a {common} "
                 "(for text, put the value in quotes)."
             )
     return Dataset.from_dict(columns)
 
 
-def type_name(value: object) -> str:
+def _type_name(value: object) -> str:
     """A short, readable type name for error messages ('number' for int and float)."""
     if isinstance(value, bool):
         return "boolean"
@@ -169,14 +168,14 @@ def type_name(value: object) -> str:
 def load_support(split_sizes: dict | None = None) -> DatasetDict:
     """Load the course's support dataset (train/validation/test), optionally only the first N of each split."""
     splits = {}
-    for split in SPLITS:
+    for split in _SPLITS:
         path = SUPPORT_DIR / f"{split}.jsonl"
-        ds = rows_to_dataset(read_jsonl(path), str(path))
+        ds = _rows_to_dataset(_read_jsonl(path), str(path))
         validate_examples(ds, str(path))
         splits[split] = ds
     dd = DatasetDict(splits)
     if split_sizes:
-        dd = take_first(dd, split_sizes)
+        dd = _take_first(dd, split_sizes)
     return dd
 
 
@@ -193,13 +192,13 @@ def load_general_text(profile: str) -> tuple[list[str], str]:
     The tiny model gets held-out paragraphs from its own pretraining generator; every other model the course's
     general English prose.
     """
-    path = HELDOUT_TEXT if profile == "tiny" else GENERAL_TEXT
+    path = _HELDOUT_TEXT if profile == "tiny" else _GENERAL_TEXT
     texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     source = "held-out pretraining text" if profile == "tiny" else "general English prose"
     return texts, f"{source} ({path.parent.name}/{path.name}, {len(texts)} paragraphs)"
 
 
-def take_first(dd: DatasetDict, split_sizes: dict, cap: bool = False) -> DatasetDict:
+def _take_first(dd: DatasetDict, split_sizes: dict, cap: bool = False) -> DatasetDict:
     """Keep only the first N rows of the named splits, e.g. {"train": 800, "test": 100}; cap: N may exceed a split."""
     result = DatasetDict(dict(dd))
     for split, size in split_sizes.items():
@@ -225,17 +224,17 @@ def load_dataset_any(
     """
     if source == "support":
         return load_support(split_sizes)  # checked as it is read
-    if Path(source).suffix.lower() in LOCAL_SUFFIXES:
-        readers = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv}
+    if Path(source).suffix.lower() in _LOCAL_SUFFIXES:
+        readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}
         rows = readers[Path(source).suffix.lower()](source)
-        dd = DatasetDict({"train": rows_to_dataset(rows, source)})
+        dd = DatasetDict({"train": _rows_to_dataset(rows, source)})
     elif Path(source).exists():
         raise ValueError(
             f"{source} is a local path but not a .jsonl, .json or .csv file. "
             "Save your data in one of those formats, or pass a Hugging Face dataset id."
         )
     else:
-        dd = load_from_hub(source)
+        dd = _load_from_hub(source)
     if split is not None:
         if split not in dd:
             raise ValueError(f"{source} has no split '{split}'. Available splits: {list(dd)}.")
@@ -246,11 +245,11 @@ def load_dataset_any(
         ds = normalise_columns(ds, column_map, label)
         validate_examples(ds, label)
         normalised[name] = ds
-    dd = ensure_splits(DatasetDict(normalised), source)
-    return take_first(dd, split_sizes, cap=True) if split_sizes else dd
+    dd = _ensure_splits(DatasetDict(normalised), source)
+    return _take_first(dd, split_sizes, cap=True) if split_sizes else dd
 
 
-def load_from_hub(dataset_id: str) -> DatasetDict:
+def _load_from_hub(dataset_id: str) -> DatasetDict:
     """datasets.load_dataset(dataset_id) as a DatasetDict; a missing, gated or unreachable dataset names the fix."""
     try:
         loaded = datasets.load_dataset(dataset_id)
@@ -266,18 +265,18 @@ def load_from_hub(dataset_id: str) -> DatasetDict:
 def normalise_columns(ds: Dataset, column_map: dict | None = None, source_name: str = "dataset") -> Dataset:
     """Give ds `prompt` and `completion` columns from column_map, Alpaca columns or chat `messages`."""
     if column_map:
-        ds = apply_column_map(ds, column_map, source_name)
+        ds = _apply_column_map(ds, column_map, source_name)
     columns = ds.column_names
     if "prompt" in columns or "completion" in columns:
         return ds
     if "instruction" in columns and "output" in columns:
-        return from_alpaca(ds)
+        return _from_alpaca(ds)
     if "messages" in columns:
-        return from_messages(ds, source_name)
+        return _from_messages(ds, source_name)
     return ds  # validate_examples explains what is missing
 
 
-def apply_column_map(ds: Dataset, column_map: dict, source_name: str) -> Dataset:
+def _apply_column_map(ds: Dataset, column_map: dict, source_name: str) -> Dataset:
     """Rename the columns named in column_map to `prompt` / `completion`."""
     unknown = [key for key in column_map if key not in ("prompt", "completion")]
     if unknown:
@@ -303,7 +302,7 @@ def apply_column_map(ds: Dataset, column_map: dict, source_name: str) -> Dataset
     return ds
 
 
-def from_alpaca(ds: Dataset) -> Dataset:
+def _from_alpaca(ds: Dataset) -> Dataset:
     """prompt = instruction (+ blank line + input when input is not empty), completion = output."""
     inputs = ds["input"] if "input" in ds.column_names else [None] * len(ds)
     prompts = []
@@ -316,11 +315,11 @@ def from_alpaca(ds: Dataset) -> Dataset:
     return ds.add_column("completion", list(ds["output"]))
 
 
-def from_messages(ds: Dataset, source_name: str) -> Dataset:
+def _from_messages(ds: Dataset, source_name: str) -> Dataset:
     """prompt = the user message before the last assistant message, completion = that assistant message."""
     prompts, completions, bad_rows = [], [], []
     for index, messages in enumerate(ds["messages"]):
-        prompt, completion = last_exchange(messages)
+        prompt, completion = _last_exchange(messages)
         if prompt is None:
             bad_rows.append(index)
         prompts.append(prompt)
@@ -328,14 +327,14 @@ def from_messages(ds: Dataset, source_name: str) -> Dataset:
     if bad_rows:
         raise ValueError(
             f"{source_name}: {len(bad_rows)} row(s) of 'messages' have no user message followed by an "
-            f"assistant message, first rows {bad_rows[:SHOW_ROWS]} (counted from 0). "
+            f"assistant message, first rows {bad_rows[:_SHOW_ROWS]} (counted from 0). "
             'Each conversation needs {"role": "user", ...} then {"role": "assistant", ...}; fix or remove those rows.'
         )
     ds = ds.add_column("prompt", prompts)
     return ds.add_column("completion", completions)
 
 
-def last_exchange(messages: object) -> tuple:
+def _last_exchange(messages: object) -> tuple:
     """(user text, assistant text) of the last assistant turn in a chat, or (None, None)."""
     if not isinstance(messages, list):
         return None, None
@@ -346,10 +345,10 @@ def last_exchange(messages: object) -> tuple:
     users = [i for i in range(answer_at) if roles[i] == "user"]
     if not users:
         return None, None
-    return message_text(messages[users[-1]]), message_text(messages[answer_at])
+    return _message_text(messages[users[-1]]), _message_text(messages[answer_at])
 
 
-def message_text(message: dict) -> object:
+def _message_text(message: dict) -> object:
     """A message's content as text (joins the text parts of list-style content)."""
     content = message.get("content")
     if isinstance(content, list):
@@ -358,9 +357,9 @@ def message_text(message: dict) -> object:
     return content
 
 
-def ensure_splits(dd: DatasetDict, source_name: str, seed: int = SPLIT_SEED) -> DatasetDict:
+def _ensure_splits(dd: DatasetDict, source_name: str, seed: int = _SPLIT_SEED) -> DatasetDict:
     """Return train/validation/test, splitting missing ones off train deterministically."""
-    dd = DatasetDict({SPLIT_ALIASES.get(name, name): ds for name, ds in dd.items()})
+    dd = DatasetDict({_SPLIT_ALIASES.get(name, name): ds for name, ds in dd.items()})
     if len(dd) == 1:
         dd = DatasetDict({"train": next(iter(dd.values()))})
     if "train" not in dd:
@@ -409,12 +408,12 @@ def validate_examples(ds: Dataset, source_name: str) -> None:
         if not_text:
             example = values[not_text[0]]
             problems.append(
-                f"'{column}' is not a string in {len(not_text)} row(s), first rows {not_text[:SHOW_ROWS]} "
-                f"(row {not_text[0]} holds {type_name(example)} {example!r:.60})"
+                f"'{column}' is not a string in {len(not_text)} row(s), first rows {not_text[:_SHOW_ROWS]} "
+                f"(row {not_text[0]} holds {_type_name(example)} {example!r:.60})"
             )
         if blank:
             problems.append(
-                f"'{column}' is empty or only whitespace in {len(blank)} row(s), first rows {blank[:SHOW_ROWS]}"
+                f"'{column}' is empty or only whitespace in {len(blank)} row(s), first rows {blank[:_SHOW_ROWS]}"
             )
     if problems:
         raise ValueError(
@@ -448,7 +447,7 @@ def to_conversational(
     return ds.map(convert, remove_columns=["prompt", "completion"])
 
 
-def as_messages(prompt: str | list, completion: str | list) -> list[dict]:
+def _as_messages(prompt: str | list, completion: str | list) -> list[dict]:
     """One conversation (list of messages) from string or conversational prompt and completion."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if isinstance(completion, str):
@@ -458,7 +457,7 @@ def as_messages(prompt: str | list, completion: str | list) -> list[dict]:
 
 def token_lengths(ds: Dataset, tokenizer, batch_size: int = 256) -> list[int]:
     """Token count of each example after the tokenizer's chat template (prompt + completion)."""
-    conversations = [as_messages(p, c) for p, c in zip(ds["prompt"], ds["completion"], strict=True)]
+    conversations = [_as_messages(p, c) for p, c in zip(ds["prompt"], ds["completion"], strict=True)]
     # the same template arguments TRL will use (e.g. a pinned date_string), so lengths match training
     template_kwargs = ds[0]["chat_template_kwargs"] if "chat_template_kwargs" in ds.column_names else {}
     lengths = []
@@ -496,7 +495,7 @@ def check_lengths(ds: Dataset, tokenizer, max_length: int) -> dict:
     if report["too_long"]:
         raise ValueError(
             f"{report['too_long']} of {report['n']} examples are longer than max_length={max_length} tokens "
-            f"(longest: {report['max']} tokens; first rows {report['too_long_indices'][:SHOW_ROWS]}). "
+            f"(longest: {report['max']} tokens; first rows {report['too_long_indices'][:_SHOW_ROWS]}). "
             "The trainer would cut them off silently. Fix: raise max_length to at least "
             f"{report['max']}, or drop them explicitly with drop_too_long(ds, tokenizer, {max_length})."
         )
@@ -537,83 +536,3 @@ def batches_of_similar_length(ds: Dataset, tokenizer, batch_size: int, seed: int
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return ds.select([i for batch in batches for i in batch])
-
-
-# ---------------------------------------------------------------------------
-# Scoring replies
-# ---------------------------------------------------------------------------
-
-TASK_ACCURACY, CHRF_METRIC = "task accuracy", "chrF"  # what score_any's "metric" says
-HEADER_LINE = re.compile(r"^\s*(category|order|product)\s*:\s*(.*?)\s*$", re.IGNORECASE)
-
-
-def parse_reply(text: str) -> dict:
-    """The category/order/product header values of a reply, as written ("none" stays "none"); missing → None."""
-    fields = dict.fromkeys(REPLY_FIELDS)
-    for line in text.splitlines():
-        match = HEADER_LINE.match(line)
-        if match:
-            key = match.group(1).lower()
-            if fields[key] is None:
-                fields[key] = match.group(2)
-    return fields
-
-
-def check_pairs(scorer: str, predictions: list[str], references: list[str]) -> None:
-    """Raise ValueError unless there is one prediction per reference, and at least one."""
-    if len(predictions) != len(references):
-        raise ValueError(
-            f"{scorer} got {len(predictions)} predictions but {len(references)} references. "
-            "Pass one prediction per reference, in the same order."
-        )
-    if not references:
-        raise ValueError(f"{scorer} got no predictions. Expected at least one prediction and reference.")
-
-
-def has_reply_fields(text: str) -> bool:
-    """Whether a reply has all three header lines (category, order and product)."""
-    return None not in parse_reply(text).values()
-
-
-def score_replies(predictions: list[str], references: list[str]) -> dict:
-    """Accuracy of all three header fields together (`accuracy`) and of each field, over n replies, and each reply's 0/1."""
-    check_pairs("score_replies", predictions, references)
-    correct = dict.fromkeys(REPLY_FIELDS, 0)
-    per_reply = []  # 1 where all three fields are right: the outcome a paired test compares
-    for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
-        expected = parse_reply(reference)
-        missing = [key for key, value in expected.items() if value is None]
-        if missing:
-            raise ValueError(
-                f"reference {index} has no line for {missing}. References must start with "
-                "'category: ...', 'order: ...' and 'product: ...' lines."
-            )
-        got = parse_reply(prediction)
-        matches = [got[key] == expected[key] for key in REPLY_FIELDS]
-        for key, match in zip(REPLY_FIELDS, matches, strict=True):
-            correct[key] += match
-        per_reply.append(int(all(matches)))
-    n = len(references)
-    return {"n": n, "accuracy": sum(per_reply) / n, **{key: correct[key] / n for key in REPLY_FIELDS}, "per_reply": per_reply}
-
-
-def chrf_scores(predictions: list[str], references: list[str]) -> dict:
-    """chrF (sacrebleu's character n-gram F-score, 0 to 100) of the replies as a corpus, and its mean per reply."""
-    check_pairs("chrf_scores", predictions, references)
-    chrf = CHRF()
-    per_reply = [chrf.sentence_score(p, [r]).score for p, r in zip(predictions, references, strict=True)]
-    corpus = chrf.corpus_score(list(predictions), [list(references)]).score
-    return {"metric": CHRF_METRIC, "n": len(references), "chrF": corpus, "chrF_mean": sum(per_reply) / len(per_reply),
-            "per_reply": per_reply}
-
-
-def score_any(predictions: list[str], references: list[str]) -> dict:
-    """Task accuracy per header field if every reference has the three header lines, else chrF; "metric" says which."""
-    if all(has_reply_fields(reference) for reference in references):
-        return {"metric": TASK_ACCURACY, **score_replies(predictions, references)}
-    return chrf_scores(predictions, references)
-
-
-def headline(scores: dict) -> float:
-    """The one number of score_any's scores: accuracy (0 to 1) for task accuracy, chrF (0 to 100) otherwise."""
-    return scores["accuracy"] if scores["metric"] == TASK_ACCURACY else scores["chrF"]

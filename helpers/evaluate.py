@@ -8,24 +8,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from helpers.data import REPLY_FIELDS, TASK_ACCURACY, score_any, score_replies
-from helpers.models import CHAT_TEMPLATE_KWARGS, stop_token_ids
-
-
-def _ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict], **kwargs) -> list[int]:
-    """Token ids of a conversation rendered by the tokenizer's chat template (one BOS, from the template)."""
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **CHAT_TEMPLATE_KWARGS, **kwargs)
-    return list(out["input_ids"])
-
-
-def tokenize_with_mask(tokenizer: PreTrainedTokenizerBase, example: dict) -> tuple[list[int], list[int]]:
-    """Token ids of prompt + completion and labels with the prompt masked (-100), as TRL builds them."""
-    prompt_ids = _ids(tokenizer, example["prompt"], add_generation_prompt=True)
-    full_ids = _ids(tokenizer, example["prompt"] + example["completion"])
-    if full_ids[: len(prompt_ids)] != prompt_ids:
-        raise ValueError("The chat template renders the prompt differently alone and with the answer; fix the template.")
-    labels = [-100] * len(prompt_ids) + full_ids[len(prompt_ids) :]
-    return full_ids, labels
+from helpers.masking import chat_ids, tokenize_with_mask
+from helpers.models import stop_token_ids
+from helpers.scoring import REPLY_FIELDS, TASK_ACCURACY, score_any, score_replies
 
 
 def longest_first(lengths: list[int]) -> list[int]:
@@ -94,7 +79,7 @@ def generate_replies(
     """
     model.eval()
     device = next(model.parameters()).device
-    all_ids = [_ids(tokenizer, p, add_generation_prompt=True) for p in prompts]
+    all_ids = [chat_ids(tokenizer, p, add_generation_prompt=True) for p in prompts]
     order = longest_first([len(ids) for ids in all_ids])  # prompts of similar length together: little padding
     replies: list[str] = []
     old_side, tokenizer.padding_side = tokenizer.padding_side, "left"
@@ -118,7 +103,7 @@ def generate_replies(
     return in_order
 
 
-def replies_and_references(
+def _replies_and_references(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, max_new_tokens: int = 64
 ) -> tuple[list[str], list[str]]:
     """A greedy reply to each example's prompt, and each example's reference answer (the completion's last message)."""
@@ -130,7 +115,7 @@ def task_accuracy(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, max_new_tokens: int = 64
 ) -> tuple[dict, list[str]]:
     """Generate a reply for each test example and score its header fields against the reference."""
-    replies, references = replies_and_references(model, tokenizer, dataset, max_new_tokens)
+    replies, references = _replies_and_references(model, tokenizer, dataset, max_new_tokens)
     return score_replies(replies, references), replies
 
 
@@ -138,7 +123,7 @@ def reply_scores(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, max_new_tokens: int = 64
 ) -> tuple[dict, list[str]]:
     """Generate a reply for each test example; task accuracy if every reference has the header lines, else chrF."""
-    replies, references = replies_and_references(model, tokenizer, dataset, max_new_tokens)
+    replies, references = _replies_and_references(model, tokenizer, dataset, max_new_tokens)
     return score_any(replies, references), replies
 
 

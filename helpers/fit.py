@@ -13,7 +13,7 @@ from helpers.memory import (
     count_parameters,
     estimate_training_memory,
     estimate_weight_bytes,
-    fit_verdict,
+    format_bytes,
     shape_of,
 )
 from helpers.models import LLAMA_3_2_1B, llama_config
@@ -49,11 +49,11 @@ def meta_model(spec: dict) -> torch.nn.Module:
 def lora_trainable_params(spec: dict, r: int, target_modules: str | list[str] = "all-linear") -> int:
     """Trainable parameters PEFT creates for this rank and these targets, counted on the meta device."""
     targets = target_modules if isinstance(target_modules, str) else tuple(target_modules)
-    return peft_count(json.dumps(spec, sort_keys=True), r, targets)
+    return _peft_count(json.dumps(spec, sort_keys=True), r, targets)
 
 
 @functools.cache  # a second call with the same shape, rank and targets is free (PEFT takes up to 1.5 s on 8B)
-def peft_count(spec_json: str, r: int, targets: str | tuple[str, ...]) -> int:
+def _peft_count(spec_json: str, r: int, targets: str | tuple[str, ...]) -> int:
     """lora_trainable_params for a shape given as JSON (hashable, so the count is computed once)."""
     config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets if isinstance(targets, str) else list(targets),
                         task_type="CAUSAL_LM")
@@ -144,7 +144,7 @@ def planned_estimate(
 def _first_examples_shape(train_examples: int) -> tuple[int, int]:
     """(longest example, longest reply) in tokens of the course data's first training examples, in Llama 3.2's template."""
     from helpers.data import load_dataset_any, to_conversational
-    from helpers.evaluate import tokenize_with_mask
+    from helpers.masking import tokenize_with_mask
     from helpers.models import CHAT_TEMPLATE_KWARGS, llama_3_2_tokenizer
 
     raw = load_dataset_any("support", None, {"train": train_examples})
@@ -176,3 +176,38 @@ def run_estimate(result: dict) -> dict[str, int]:
         kwargs = {"upcast": True, "adapter_fp32": not bf16}
     return method_estimate(LLAMA_3_2_1B, name, seq_len=shape["seq_len"], batch_size=batch, bf16=bf16,
                            gradient_checkpointing=checkpointing, loss_tokens=batch * shape["longest_reply"], **kwargs)
+
+
+def fit_verdict(
+    estimate: dict[str, int], capacity_bytes: int, *, where: str, reserve_bytes: int = 0, margin: float = 0.1
+) -> tuple[bool, str]:
+    """Whether an estimate (with a "total") fits in capacity_bytes, keeping a margin; (fits, a sentence why)."""
+    usable = int(capacity_bytes * (1 - margin)) - reserve_bytes
+    parts = sorted(((k, v) for k, v in estimate.items() if not k.startswith("total")), key=lambda kv: -kv[1])
+    largest = ", ".join(f"{k} {format_bytes(v)}" for k, v in parts[:2])
+    on_gpu = estimate.get("total_on_gpu", estimate["total"])
+    need = f"needs about {format_bytes(on_gpu)} (largest: {largest})"
+    if on_gpu != estimate["total"]:
+        need += f", plus {format_bytes(estimate['total'] - on_gpu)} of paged optimizer states that can move to CPU memory"
+    room = f"{format_bytes(usable)} usable of {format_bytes(capacity_bytes)}"
+    if on_gpu <= usable:
+        return True, f"fits on {where}: {need}; {room}."
+    return False, f"does not fit on {where}: {need}; only {room}."
+
+
+def choose_plan(
+    estimates: dict[str, dict[str, int]], capacity_bytes: int, *, where: str, reserve_bytes: int = 0
+) -> str:
+    """The first plan (in order) whose estimate fits, printing each verdict; MemoryError with the options if none."""
+    verdicts = []
+    for name, estimate in estimates.items():
+        fits, why = fit_verdict(estimate, capacity_bytes, where=where, reserve_bytes=reserve_bytes)
+        print(f"{name:>12}: {why}")
+        if fits:
+            return name
+        verdicts.append(f"{name} {why}")
+    raise MemoryError(
+        f"No plan fits on {where}: " + " ".join(verdicts) + " Fix: lower MAX_LENGTH or the batch size, turn on "
+        "gradient checkpointing, train with LoRA (02_lora.ipynb) or QLoRA (4-bit base weights) instead of full "
+        "fine-tuning, or use a GPU with more memory."
+    )

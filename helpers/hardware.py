@@ -12,7 +12,7 @@ import psutil
 import torch
 
 # The libraries whose versions go into every results file.
-TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
+_TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def _cap_gpu_memory(total_bytes: int, value: float | str | None) -> tuple[int, i
 def package_versions() -> dict[str, str]:
     """Versions of Python and the libraries this course uses ('not installed' when missing)."""
     versions = {"python": platform.python_version()}
-    for package in TRACKED_PACKAGES:
+    for package in _TRACKED_PACKAGES:
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
@@ -220,19 +220,3 @@ def check_bitsandbytes(device_type: str) -> str:
     return bitsandbytes.__version__
 
 
-def keep_4bit_layers_trainable(model: torch.nn.Module) -> int:
-    """Stop bitsandbytes' CPU inference repacking of 4-bit weights, which breaks backprop; return layers changed.
-
-    bitsandbytes 0.50 on CPUs with AVX512-BF16 repacks a Linear4bit's weight into an inference-only layout at
-    its first forward pass without gradients (e.g. an evaluation before training). Afterwards its matmul has no
-    backward: gradients stop at every 4-bit layer, so the LoRA matrices below the last layer never learn
-    (PyTorch only warns "bitsandbytes::gemv_4bit: an autograd kernel was not registered"). No effect on GPUs.
-    """
-    import bitsandbytes
-
-    changed = 0
-    for module in model.modules():
-        if isinstance(module, bitsandbytes.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
-            module.support_avx512bf16_for_cpu = False
-            changed += 1
-    return changed

@@ -15,11 +15,13 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
-RUNTIME_MARKER = "# notebooks and tests"  # requirements.txt lists the test tools after this line
+from helpers import ROOT
+
+REQUIREMENTS = ROOT / "requirements.txt"
+_RUNTIME_MARKER = "# notebooks and tests"  # requirements.txt lists the test tools after this line
 # The libraries whose APIs the lessons call: another minor version may rename what the notebooks use.
 CORE = ("transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
-NEVER_INSTALLED = ("torch",)  # Colab's and your own CUDA build of torch stay as they are
+_NEVER_INSTALLED = ("torch",)  # Colab's and your own CUDA build of torch stay as they are
 
 
 class RestartNeeded(RuntimeError):
@@ -28,7 +30,7 @@ class RestartNeeded(RuntimeError):
 
 def read_pins(path: str | Path = REQUIREMENTS) -> dict[str, str]:
     """The name==version pins of the runtime libraries in requirements.txt (not the test tools)."""
-    text = Path(path).read_text(encoding="utf-8").split(RUNTIME_MARKER)[0]
+    text = Path(path).read_text(encoding="utf-8").split(_RUNTIME_MARKER)[0]
     pins = {}
     for line in text.splitlines():
         line = line.split("#")[0].strip()
@@ -46,7 +48,7 @@ def installed_version(name: str) -> str | None:
         return None
 
 
-def same_minor(found: str, pinned: str) -> bool:
+def _same_minor(found: str, pinned: str) -> bool:
     """True when two versions share major.minor ('5.24.1' and '5.24.0'; '2.13.0+cpu' and '2.13.0')."""
     return found.split("+")[0].split(".")[:2] == pinned.split(".")[:2]
 
@@ -55,15 +57,15 @@ def is_compatible(name: str, found: str | None, pinned: str) -> bool:
     """Whether an installed version will do: core libraries need the pin's major.minor, the rest only need to exist."""
     if found is None:
         return False
-    return same_minor(found, pinned) if name in CORE else True
+    return _same_minor(found, pinned) if name in CORE else True
 
 
-def plan_installs(path: str | Path = REQUIREMENTS) -> list[str]:
+def _plan_installs(path: str | Path = REQUIREMENTS) -> list[str]:
     """The pins to install: missing packages, and core libraries at another minor version. Never torch."""
     return [
         f"{name}=={pinned}"
         for name, pinned in read_pins(path).items()
-        if name not in NEVER_INSTALLED and not is_compatible(name, installed_version(name), pinned)
+        if name not in _NEVER_INSTALLED and not is_compatible(name, installed_version(name), pinned)
     ]
 
 
@@ -74,7 +76,7 @@ def install_missing(
 
     Raises RestartNeeded, once, if a package the kernel had already imported was replaced.
     """
-    todo = plan_installs(path)
+    todo = _plan_installs(path)
     if not todo:
         return []
     with tempfile.TemporaryDirectory() as folder:

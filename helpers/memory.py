@@ -319,22 +319,6 @@ def estimate_weight_bytes(
     return parts
 
 
-def fit_verdict(
-    estimate: dict[str, int], capacity_bytes: int, *, where: str, reserve_bytes: int = 0, margin: float = 0.1
-) -> tuple[bool, str]:
-    """Whether an estimate (with a "total") fits in capacity_bytes, keeping a margin; (fits, a sentence why)."""
-    usable = int(capacity_bytes * (1 - margin)) - reserve_bytes
-    parts = sorted(((k, v) for k, v in estimate.items() if not k.startswith("total")), key=lambda kv: -kv[1])
-    largest = ", ".join(f"{k} {format_bytes(v)}" for k, v in parts[:2])
-    on_gpu = estimate.get("total_on_gpu", estimate["total"])
-    need = f"needs about {format_bytes(on_gpu)} (largest: {largest})"
-    if on_gpu != estimate["total"]:
-        need += f", plus {format_bytes(estimate['total'] - on_gpu)} of paged optimizer states that can move to CPU memory"
-    room = f"{format_bytes(usable)} usable of {format_bytes(capacity_bytes)}"
-    if on_gpu <= usable:
-        return True, f"fits on {where}: {need}; {room}."
-    return False, f"does not fit on {where}: {need}; only {room}."
-
 
 class MemoryTracker:
     """Measure peak memory per named phase: CUDA allocator statistics on a GPU, process RSS elsewhere.

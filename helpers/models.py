@@ -18,13 +18,13 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from helpers import ROOT
 from helpers.artifacts import atomic_dir
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY_MODEL_DIR = REPO_ROOT / "models" / "tiny-llama-support"
+TINY_MODEL_DIR = ROOT / "models" / "tiny-llama-support"
 CACHE_DIR = Path.home() / ".cache" / "llama-finetuning-course"  # where stand-in models are built (the default)
-DEFAULT_HUB_ID = "meta-llama/Llama-3.2-1B-Instruct"
-PROFILES = ("llama-3.2-1b", "tiny", "llama-3.2-1b-random")
+_DEFAULT_HUB_ID = "meta-llama/Llama-3.2-1B-Instruct"
+_PROFILES = ("llama-3.2-1b", "tiny", "llama-3.2-1b-random")
 
 # The Llama 3.2 1B architecture, as published in its config.json (the Instruct and base models share it).
 LLAMA_3_2_1B = {
@@ -162,7 +162,7 @@ NO_TEMPLATE_HELP = (
 CHAT_TEMPLATE_KWARGS = {"date_string": "26 Jul 2024"}
 
 # Llama 3.2's 256 special tokens, ids 128000..128255, in order (as in the Instruct tokenizer).
-LLAMA_3_2_FIRST_SPECIAL_ID = 128000
+_LLAMA_3_2_FIRST_SPECIAL_ID = 128000
 LLAMA_3_2_SPECIAL_TOKENS = [
     "<|begin_of_text|>",
     "<|end_of_text|>",
@@ -210,9 +210,9 @@ def resolve_profile(requested: str, cuda_available: bool | None = None) -> str:
         if cuda_available is None:
             cuda_available = torch.cuda.is_available()
         profile = "llama-3.2-1b" if cuda_available else "tiny"
-    if profile not in PROFILES:
+    if profile not in _PROFILES:
         raise ValueError(
-            f"Unknown profile {profile!r}. Choose one of {', '.join(PROFILES)} or 'auto' "
+            f"Unknown profile {profile!r}. Choose one of {', '.join(_PROFILES)} or 'auto' "
             "(set PROFILE in the parameters cell, or the COURSE_PROFILE environment variable it reads)."
         )
     return profile
@@ -221,7 +221,7 @@ def resolve_profile(requested: str, cuda_available: bool | None = None) -> str:
 def choose_model(profile: str, model_id: str | None = None, cache_dir: str | Path | None = None) -> ModelChoice:
     """Return where to load the model of a profile from, building the local ones (in cache_dir) on first use."""
     if profile == "llama-3.2-1b":
-        hub_id = model_id or DEFAULT_HUB_ID
+        hub_id = model_id or _DEFAULT_HUB_ID
         return ModelChoice(profile, hub_id, hub_id, f"{hub_id} from the Hugging Face hub (pretrained weights)", True)
     if profile == "tiny":
         if not (TINY_MODEL_DIR / "model.safetensors").exists():
@@ -248,7 +248,7 @@ def choose_model(profile: str, model_id: str | None = None, cache_dir: str | Pat
             "Llama 3.2 1B architecture with RANDOM weights: real memory and speed, meaningless accuracy",
             False,
         )
-    raise ValueError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
+    raise ValueError(f"Unknown profile {profile!r}; choose one of {', '.join(_PROFILES)}.")
 
 
 def llama_config(spec: dict, **overrides) -> LlamaConfig:
@@ -274,7 +274,7 @@ def llama_3_2_tokenizer(chat_template: str = LLAMA_3_2_STYLE_TEMPLATE) -> PreTra
     by_id = sorted(tiny_json["model"]["vocab"].items(), key=lambda item: item[1])
     text_tokens = [token for token, _ in by_id if token not in tiny_specials]
     vocab = {token: i for i, token in enumerate(text_tokens)}
-    vocab.update({f"<|unused_text_token_{i}|>": i for i in range(len(text_tokens), LLAMA_3_2_FIRST_SPECIAL_ID)})
+    vocab.update({f"<|unused_text_token_{i}|>": i for i in range(len(text_tokens), _LLAMA_3_2_FIRST_SPECIAL_ID)})
     merges = [tuple(pair) for pair in tiny_json["model"]["merges"]]
     backend = Tokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     backend.pre_tokenizer = tiny.pre_tokenizer
@@ -282,7 +282,7 @@ def llama_3_2_tokenizer(chat_template: str = LLAMA_3_2_STYLE_TEMPLATE) -> PreTra
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAMA_3_2_SPECIAL_TOKENS])
     bos = LLAMA_3_2_SPECIAL_TOKENS[0]
     backend.post_processor = TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, LLAMA_3_2_FIRST_SPECIAL_ID)]
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, _LLAMA_3_2_FIRST_SPECIAL_ID)]
     )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -292,7 +292,7 @@ def llama_3_2_tokenizer(chat_template: str = LLAMA_3_2_STYLE_TEMPLATE) -> PreTra
     )
     tokenizer.chat_template = chat_template
     ids = [tokenizer.convert_tokens_to_ids(t) for t in LLAMA_3_2_SPECIAL_TOKENS]
-    if len(tokenizer) != LLAMA_3_2_1B["vocab_size"] or ids != list(range(LLAMA_3_2_FIRST_SPECIAL_ID, len(tokenizer))):
+    if len(tokenizer) != LLAMA_3_2_1B["vocab_size"] or ids != list(range(_LLAMA_3_2_FIRST_SPECIAL_ID, len(tokenizer))):
         raise RuntimeError("The Llama 3.2 tokenizer was built with the wrong size or special-token ids.")
     return tokenizer
 
@@ -353,3 +353,21 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Token ids generation should stop on: end of turn, end of message (Llama 3.2, after tool calls), end of text."""
     vocab = tokenizer.get_vocab()
     return [vocab[t] for t in (END_OF_TURN, "<|eom_id|>", "<|end_of_text|>") if t in vocab]
+
+
+def keep_4bit_layers_trainable(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes' CPU inference repacking of 4-bit weights, which breaks backprop; return layers changed.
+
+    bitsandbytes 0.50 on CPUs with AVX512-BF16 repacks a Linear4bit's weight into an inference-only layout at
+    its first forward pass without gradients (e.g. an evaluation before training). Afterwards its matmul has no
+    backward: gradients stop at every 4-bit layer, so the LoRA matrices below the last layer never learn
+    (PyTorch only warns "bitsandbytes::gemv_4bit: an autograd kernel was not registered"). No effect on GPUs.
+    """
+    import bitsandbytes
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, bitsandbytes.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed

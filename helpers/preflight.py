@@ -1,4 +1,4 @@
-"""Checks to run before loading or training: model access, pinned versions, memory and disk room, old API names."""
+"""Before loading or training: describe the run, and check model access and the pinned versions."""
 
 from __future__ import annotations
 
@@ -13,15 +13,14 @@ from packaging.version import Version
 
 from helpers.hardware import Hardware, detect_hardware, package_versions
 from helpers.install import CORE, REQUIREMENTS, installed_version, is_compatible, read_pins
-from helpers.memory import fit_verdict
 from helpers.models import ModelChoice, choose_model, resolve_profile
 
-TOKEN_HELP = (
+_TOKEN_HELP = (
     "create a token with read access at https://huggingface.co/settings/tokens, then run `hf auth login` "
     "in a terminal (or set the HF_TOKEN environment variable; in Colab: the key icon > Secrets > HF_TOKEN "
     "with 'Notebook access' on), then re-run this cell"
 )
-FINE_GRAINED_HELP = (
+_FINE_GRAINED_HELP = (
     "your token is fine-grained and lacks 'Read access to contents of all public gated repos you can access'. "
     "Tick that box in the token's settings at https://huggingface.co/settings/tokens (or create a classic 'Read' "
     "token), then re-run this cell"
@@ -60,7 +59,7 @@ def check_model_access(repo_id: str) -> str:
     except RepositoryNotFoundError:
         hint = "check the spelling (e.g. meta-llama/Llama-3.2-1B-Instruct)"
         if token is None:
-            hint += ", and if the repository is private or gated, log in: " + TOKEN_HELP
+            hint += ", and if the repository is private or gated, log in: " + _TOKEN_HELP
         raise ModelAccessError(f"{repo_id} was not found on the Hugging Face hub ({url}). Fix: {hint}.") from None
     except HfHubHTTPError as err:
         raise ModelAccessError(
@@ -89,12 +88,12 @@ def _gated_message(repo_id: str, url: str, token: str | None, err: GatedRepoErro
     if token is None:
         return (
             start + f"you are not logged in. Fix: (1) open {url}, sign in and accept the licence (one approval "
-            f"covers the Llama 3.2 family); (2) {TOKEN_HELP}."
+            f"covers the Llama 3.2 family); (2) {_TOKEN_HELP}."
         )
     if _status(err) == 401:
         return (
             start + "the hub did not accept your token (expired, revoked or mistyped?). Fix: check it with "
-            f"`hf auth whoami`; if that fails, {TOKEN_HELP}."
+            f"`hf auth whoami`; if that fails, {_TOKEN_HELP}."
         )
     if "awaiting" in server or "pending" in server:
         return (
@@ -103,7 +102,7 @@ def _gated_message(repo_id: str, url: str, token: str | None, err: GatedRepoErro
             "runs every notebook without it."
         )
     if "fine-grained" in server or _fine_grained_without_gated_read(token):
-        return start + FINE_GRAINED_HELP + "."
+        return start + _FINE_GRAINED_HELP + "."
     return (
         start + f"your account has no access yet. Fix: open {url} while signed in as the account of your "
         "token (`hf auth whoami` shows which), accept the licence and wait for approval; if you already did, the "
@@ -167,23 +166,6 @@ def check_pinned_versions(path: str | Path = REQUIREMENTS) -> dict[str, str]:
 # Memory
 # ---------------------------------------------------------------------------
 
-
-def choose_plan(
-    estimates: dict[str, dict[str, int]], capacity_bytes: int, *, where: str, reserve_bytes: int = 0
-) -> str:
-    """The first plan (in order) whose estimate fits, printing each verdict; MemoryError with the options if none."""
-    verdicts = []
-    for name, estimate in estimates.items():
-        fits, why = fit_verdict(estimate, capacity_bytes, where=where, reserve_bytes=reserve_bytes)
-        print(f"{name:>12}: {why}")
-        if fits:
-            return name
-        verdicts.append(f"{name} {why}")
-    raise MemoryError(
-        f"No plan fits on {where}: " + " ".join(verdicts) + " Fix: lower MAX_LENGTH or the batch size, turn on "
-        "gradient checkpointing, train with LoRA (02_lora.ipynb) or QLoRA (4-bit base weights) instead of full "
-        "fine-tuning, or use a GPU with more memory."
-    )
 
 
 @dataclass

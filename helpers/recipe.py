@@ -9,7 +9,8 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 from trl import SFTConfig
 
-from helpers.hardware import Hardware, keep_4bit_layers_trainable
+from helpers.hardware import Hardware
+from helpers.models import keep_4bit_layers_trainable
 
 METHODS = ("full", "lora", "qlora")
 LEARNING_RATES = {  # (tiny profile, real model): full fine-tuning ~10x lower than LoRA
@@ -69,11 +70,11 @@ def load_model(
         keep_4bit_layers_trainable(model)  # CPU only: see notebook 3
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         if not upcast:
-            frozen_to_compute_dtype(model, dtype)
+            _frozen_to_compute_dtype(model, dtype)
     return get_peft_model(model, lora_config(lora_dropout=lora_dropout))
 
 
-def frozen_to_compute_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
+def _frozen_to_compute_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Cast the frozen float32 weights (prepare_model_for_kbit_training's embedding and norms) to dtype."""
     for param in model.parameters():
         if param.dtype == torch.float32 and not param.requires_grad:

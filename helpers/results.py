@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.data import REPLY_FIELDS, TASK_ACCURACY, headline
+from helpers.scoring import REPLY_FIELDS, TASK_ACCURACY, headline
 
 # Every results file has these keys. save_results() sets created_at itself.
 RESULT_KEYS = (
@@ -144,15 +144,6 @@ def notebook_fingerprint(path: str | Path) -> str:
     code = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     return hashlib.sha256(code.encode("utf-8")).hexdigest()[:16]
 
-
-def dir_size_bytes(path: str | Path) -> int:
-    """Total size in bytes of the files under a directory (or of one file), e.g. a saved model or adapter."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Nothing at {path}: save the model or adapter there first.")
-    if path.is_file():
-        return path.stat().st_size
-    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())  # follows symlinks
 
 
 def check_finite_metrics(**metrics: float) -> None:

@@ -6,7 +6,7 @@ import time
 
 from transformers import TrainerCallback
 
-TOKENS_NOT_COUNTED = (
+_TOKENS_NOT_COUNTED = (
     "The Trainer is not counting input tokens (state.num_input_tokens_seen stays 0), so ThroughputCallback "
     'cannot measure tokens per second. Fix: set include_num_input_tokens_seen="non_padding" in your '
     "SFTConfig / TrainingArguments."
@@ -40,7 +40,7 @@ class ThroughputCallback(TrainerCallback):
         """Start the clock; fail early if the Trainer will not count tokens."""
         if getattr(args, "include_num_input_tokens_seen", "no") != "non_padding":
             raise ValueError(
-                TOKENS_NOT_COUNTED
+                _TOKENS_NOT_COUNTED
                 + f" (it is {getattr(args, 'include_num_input_tokens_seen', None)!r}; 'all' would count padding too.)"
             )
         self.train_start = time.perf_counter()
@@ -58,7 +58,7 @@ class ThroughputCallback(TrainerCallback):
         now = time.perf_counter()
         self.steps_done += 1
         if state.num_input_tokens_seen == 0:
-            raise ValueError(TOKENS_NOT_COUNTED)
+            raise ValueError(_TOKENS_NOT_COUNTED)
         if self.steps_done == self.warmup_used:
             self.window_start = (now, state.num_input_tokens_seen)
         elif self.steps_done > self.warmup_used:

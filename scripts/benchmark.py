@@ -27,8 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from helpers import ROOT
 
 NAIVE = {  # TRL's SFTConfig defaults and PEFT's usual LoraConfig
     "gradient_checkpointing": True,
@@ -140,7 +139,7 @@ def long_conversations(dataset, tokenizer, rows: int, max_length: int, seed: int
     """Multi-turn conversations of 1 to 24 support exchanges, at most max_length tokens; the loss is on the last reply."""
     import random
 
-    from helpers.evaluate import tokenize_with_mask
+    from helpers.masking import tokenize_with_mask
 
     rng = random.Random(seed)
     conversations = []
@@ -182,21 +181,11 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     import torch
     from trl import SFTTrainer
 
-    from helpers.data import (
-        batches_of_similar_length,
-        check_lengths,
-        load_support,
-        to_conversational,
-    )
+    from helpers.data import batches_of_similar_length, check_lengths, load_support, to_conversational
     from helpers.evaluate import eval_loss
     from helpers.hardware import detect_hardware
     from helpers.memory import MemoryTracker
-    from helpers.models import (
-        CHAT_TEMPLATE_KWARGS,
-        choose_model,
-        load_tokenizer,
-        resolve_profile,
-    )
+    from helpers.models import CHAT_TEMPLATE_KWARGS, choose_model, load_tokenizer, resolve_profile
     from helpers.recipe import adapters_to_float32, load_model, sft_config
     from helpers.speed import ThroughputCallback
 

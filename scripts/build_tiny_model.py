@@ -24,7 +24,6 @@ import math
 import os
 import random
 import re
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,12 +33,11 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA (set before CUDA starts)
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from helpers.artifacts import atomic_dir, shown  # noqa: E402
-from helpers.evaluate import copy_probe  # noqa: E402
-from helpers.models import (  # noqa: E402
+from helpers import ROOT
+from helpers.artifacts import atomic_dir, shown
+from helpers.evaluate import copy_probe
+from helpers.models import (
     CHAT_TEMPLATE,
     END_OF_TURN,
     PAD_TOKEN,

@@ -34,6 +34,7 @@ if [ "${1:-}" = "--dry-run" ]; then
 fi
 
 mkdir -p "$DEST"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the course's helpers package, without installing it
 exec > >(tee -a "$DEST/gpu_bench.log") 2>&1
 if compgen -G ".whl/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \

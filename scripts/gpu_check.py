@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 START = time.monotonic()  # the deadline counts from here: the CUDA probe and the install are part of the budget
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # its own: it runs before the course's packages are installed
 NOTEBOOKS = [
     "notebooks/01_full_finetuning.ipynb",
     "notebooks/02_lora.ipynb",

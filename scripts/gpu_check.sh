@@ -18,6 +18,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the course's helpers package, without installing it
 if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT"
     "$PY" scripts/gpu_check.py "$@" 2>&1 | tee -a "$OUT/gpu_check.log"

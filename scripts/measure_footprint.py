@@ -13,15 +13,13 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers.hardware import check_bitsandbytes, detect_hardware  # noqa: E402
-from helpers.memory import MemoryTracker, bytes_by_dtype, estimate_weight_bytes, format_bytes  # noqa: E402
-from helpers.models import choose_model  # noqa: E402
+from helpers.hardware import check_bitsandbytes, detect_hardware
+from helpers.memory import MemoryTracker, bytes_by_dtype, estimate_weight_bytes, format_bytes
+from helpers.models import choose_model
 
 VARIANTS = ("bf16", "nf4")
 

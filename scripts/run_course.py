@@ -33,7 +33,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
+
 NOTEBOOKS = [
     "01_full_finetuning.ipynb",
     "02_lora.ipynb",
@@ -147,7 +148,6 @@ def save(nb: dict, path: Path) -> None:
 
 def print_comparison(results_dir: Path) -> None:
     """Print the comparison table of notebook 4, and any missing, stale or mixed results."""
-    sys.path.insert(0, str(ROOT))
     from helpers.compare import comparison_rows, format_rows, load_all
 
     found, problems = load_all(results_dir, ROOT / "notebooks")

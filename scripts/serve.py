@@ -31,7 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
+
 MERGED_DIR = ROOT / ".cache" / "serve"
 MARKER = "merged_from.json"
 # Plain HTTP to this machine, never through a proxy the environment may name.
@@ -83,9 +84,8 @@ def merged_copy(adapter: Path) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    sys.path.insert(0, str(ROOT))
     from helpers.artifacts import atomic_dir
-    from helpers.guards import check_adapter_base
+    from helpers.checks import check_adapter_base
 
     base_name = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     print(f"Merging the adapter {adapter} into its base {base_name} -> {out} ...", flush=True)

@@ -33,23 +33,14 @@ from accelerate import PartialState
 from transformers import AutoModelForCausalLM
 from trl import SFTTrainer
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from helpers.artifacts import atomic_dir, shown  # noqa: E402
-from helpers.data import batches_of_similar_length, check_lengths, load_dataset_any, to_conversational  # noqa: E402
-from helpers.evaluate import eval_loss, reply_scores, score_line  # noqa: E402
-from helpers.guards import (  # noqa: E402
-    CheckpointOnInterrupt,
-    StopOnNonFiniteLoss,
-    check_report_to,
-    check_special_tokens,
-    check_trainable_dtypes,
-    last_good_checkpoint,
-)
-from helpers.models import CHAT_TEMPLATE_KWARGS, load_tokenizer  # noqa: E402
-from helpers.preflight import describe_run  # noqa: E402
-from helpers.recipe import METHODS, adapters_to_float32, load_model, sft_config  # noqa: E402
+from helpers.artifacts import atomic_dir, shown
+from helpers.callbacks import CheckpointOnInterrupt, StopOnNonFiniteLoss, last_good_checkpoint
+from helpers.checks import check_report_to, check_special_tokens, check_trainable_dtypes
+from helpers.data import batches_of_similar_length, check_lengths, load_dataset_any, to_conversational
+from helpers.evaluate import eval_loss, reply_scores, score_line
+from helpers.models import CHAT_TEMPLATE_KWARGS, load_tokenizer
+from helpers.preflight import describe_run
+from helpers.recipe import METHODS, adapters_to_float32, load_model, sft_config
 
 
 def per_device_batch(global_batch: int, processes: int) -> int:

@@ -6,12 +6,13 @@ import json
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from transformers import AutoModelForCausalLM
 
+from helpers import ROOT
 from helpers.compare import benchmark_findings, benchmark_rows
 from helpers.data import (
     batches_of_similar_length,
@@ -20,13 +21,11 @@ from helpers.data import (
     to_conversational,
     token_lengths,
 )
-from helpers.evaluate import tokenize_with_mask
+from helpers.masking import tokenize_with_mask
 from helpers.models import CHAT_TEMPLATE_KWARGS, load_tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "models" / "tiny-llama-support")
-sys.path.insert(0, str(ROOT / "scripts"))
-import benchmark  # noqa: E402  scripts/benchmark.py
+benchmark = load_script("benchmark")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for data/generate_support.py and helpers/data.py: the dataset, loading, checks and scoring."""
+"""Tests for data/generate_support.py, helpers/data.py and helpers/scoring.py: the dataset, loading, checks, scoring."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from datasets import Dataset, DatasetDict
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from helpers import ROOT
 from helpers import data as hd
+from helpers import scoring as hs
 
-ROOT = Path(__file__).resolve().parent.parent
 SPLIT_NAMES = ("train", "validation", "test")
 
 LLAMA_STYLE_TEMPLATE = (
@@ -145,7 +146,7 @@ def test_every_completion_has_the_three_header_lines(support, generator):
             lines = row["completion"].split("\n")
             assert len(lines) == 4, row["id"]
             assert lines[0] == f"category: {row['category']}"
-            assert hd.parse_reply(row["completion"]) == {
+            assert hs.parse_reply(row["completion"]) == {
                 "category": row["category"],
                 "order": row["order_id"] or "none",
                 "product": row["product"] or "none",
@@ -510,13 +511,13 @@ def test_check_lengths_and_drop_too_long(tokenizer, capsys):
 
 def test_parse_reply():
     text = "\n  category:  refund \norder:48213\nproduct: trail running shoes\nThanks! product: other\ncategory: x"
-    assert hd.parse_reply(text) == {"category": "refund", "order": "48213", "product": "trail running shoes"}
-    assert hd.parse_reply("category: refund\norder: none") == {
+    assert hs.parse_reply(text) == {"category": "refund", "order": "48213", "product": "trail running shoes"}
+    assert hs.parse_reply("category: refund\norder: none") == {
         "category": "refund",
         "order": "none",
         "product": None,
     }
-    assert hd.parse_reply("I am not sure.") == {"category": None, "order": None, "product": None}
+    assert hs.parse_reply("I am not sure.") == {"category": None, "order": None, "product": None}
 
 
 def test_score_replies():
@@ -532,35 +533,35 @@ def test_score_replies():
         "category: account_access\nproduct: none\nThanks.",
         "category: refund\norder: 44444\nproduct: none\nThanks.",
     ]
-    scores = hd.score_replies(predictions, references)
+    scores = hs.score_replies(predictions, references)
     assert scores == {"n": 4, "accuracy": 0.25, "category": 0.75, "order": 0.5, "product": 1.0, "per_reply": [1, 0, 0, 0]}
     with pytest.raises(ValueError, match=r"score_replies got 1 predictions but 4 references"):
-        hd.score_replies(predictions[:1], references)
+        hs.score_replies(predictions[:1], references)
     with pytest.raises(ValueError, match=r"reference 0 has no line for \['order', 'product'\]"):
-        hd.score_replies(["x"], ["category: refund"])
+        hs.score_replies(["x"], ["category: refund"])
 
 
 def test_chrf_is_100_for_identical_texts_and_low_for_unrelated_ones():
     texts = ["Water the fern twice a week.", "Paris is the capital of France.", "Ünïcode, émojis 🌿 and\nnew lines."]
-    same = hd.chrf_scores(texts, texts)
+    same = hs.chrf_scores(texts, texts)
     assert same == {"metric": "chrF", "n": 3, "chrF": pytest.approx(100), "chrF_mean": pytest.approx(100),
                     "per_reply": pytest.approx([100, 100, 100])}
-    unrelated = hd.chrf_scores(["zebra quokka 4711", "xylophone"], texts[:2])
+    unrelated = hs.chrf_scores(["zebra quokka 4711", "xylophone"], texts[:2])
     assert 0 <= unrelated["chrF"] < 15 and 0 <= unrelated["chrF_mean"] < 15
-    empty = hd.chrf_scores(["", "Paris is the capital of France."], texts[:2])  # a model may say nothing
+    empty = hs.chrf_scores(["", "Paris is the capital of France."], texts[:2])  # a model may say nothing
     assert empty["chrF_mean"] == pytest.approx(50) and 0 < empty["chrF"] < 100
-    assert hd.chrf_scores(["", " "], ["a", "b"])["chrF"] == 0
+    assert hs.chrf_scores(["", " "], ["a", "b"])["chrF"] == 0
     with pytest.raises(ValueError, match=r"chrf_scores got 1 predictions but 2 references"):
-        hd.chrf_scores(["x"], texts[:2])
+        hs.chrf_scores(["x"], texts[:2])
 
 
 def test_score_any_uses_task_accuracy_only_when_every_reference_has_the_header_lines():
     support = ["category: refund\norder: 11111\nproduct: desk lamp\nThanks.", "category: return\norder: none\nproduct: none"]
-    scores = hd.score_any(support, support)
-    assert scores == {"metric": "task accuracy", **hd.score_replies(support, support)}
-    assert hd.headline(scores) == 1.0
-    mixed = hd.score_any(["Bonjour", "Blue"], ["Bonjour", support[0]])  # one reference without the header lines
-    assert mixed["metric"] == "chrF" and mixed["n"] == 2 and hd.headline(mixed) == mixed["chrF"]
+    scores = hs.score_any(support, support)
+    assert scores == {"metric": "task accuracy", **hs.score_replies(support, support)}
+    assert hs.headline(scores) == 1.0
+    mixed = hs.score_any(["Bonjour", "Blue"], ["Bonjour", support[0]])  # one reference without the header lines
+    assert mixed["metric"] == "chrF" and mixed["n"] == 2 and hs.headline(mixed) == mixed["chrF"]
 
 
 def test_split_sizes_take_at_most_what_your_data_has(tmp_path):

@@ -31,15 +31,15 @@ from transformers import (
 )
 from transformers.utils import chat_template_utils
 
-from helpers import guards, preflight
+from helpers import ROOT, callbacks, checks, preflight
 from helpers.data import load_dataset_any
+from helpers.fit import choose_plan
 from helpers.memory import estimate_training_memory
 from helpers.models import CHAT_TEMPLATE, CHAT_TEMPLATE_KWARGS, LLAMA_3_2_1B, TINY_MODEL_DIR, load_tokenizer
 from helpers.results import check_finite_metrics, write_json_atomic
 
 torch.set_num_threads(1)  # the machine is shared; these models are tiny anyway
 
-ROOT = Path(__file__).resolve().parent.parent
 REPO = "meta-llama/Llama-3.2-1B-Instruct"
 SECRET = "hf_NotARealTokenButTreatItAsSecret123"
 GiB = 2**30
@@ -299,7 +299,8 @@ def notebook_code(path: Path) -> str:
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("0*_*.ipynb")), ids=lambda p: p.name)
 def test_notebook_keyword_arguments_exist_in_installed_libraries(path):
     code = notebook_code(path)
-    assert "SFTConfig(" in code and "from_pretrained(" in code  # the calls this test exists for are there
+    # the calls this test exists for are there (notebook 4's sweep takes helpers/recipe.py's SFTConfig)
+    assert ("SFTConfig(" in code or "sft_config(" in code) and "from_pretrained(" in code
     assert api_checks.unknown_call_keywords(code) == []
 
 
@@ -341,9 +342,9 @@ def test_full_fine_tuning_of_1b_that_does_not_fit_is_refused_with_the_options():
             batch_size=2, gradient_checkpointing=True, activation_bytes=2, **shape,
         ),
     }
-    assert preflight.choose_plan(plans, 15 * GiB, where="a T4", reserve_bytes=GiB // 2) == "low memory"
+    assert choose_plan(plans, 15 * GiB, where="a T4", reserve_bytes=GiB // 2) == "low memory"
     with pytest.raises(MemoryError) as info:
-        preflight.choose_plan(plans, 8 * GiB, where="an 8 GB GPU", reserve_bytes=GiB // 2)
+        choose_plan(plans, 8 * GiB, where="an 8 GB GPU", reserve_bytes=GiB // 2)
     message = str(info.value)
     assert message.startswith("No plan fits on an 8 GB GPU: plain does not fit on an 8 GB GPU: needs about")
     assert "low memory does not fit" in message
@@ -352,17 +353,17 @@ def test_full_fine_tuning_of_1b_that_does_not_fit_is_refused_with_the_options():
         total_params=params, trainable_params=11_272_192, weight_bytes=2 * params, batch_size=8,
         activation_bytes=2, **shape,
     )
-    assert preflight.choose_plan({"lora": lora}, 15 * GiB, where="a T4", reserve_bytes=GiB // 2) == "lora"
+    assert choose_plan({"lora": lora}, 15 * GiB, where="a T4", reserve_bytes=GiB // 2) == "lora"
 
 
 def test_fp16_trainable_weights_are_refused_up_front():
     model = small_llama().half()
     with pytest.raises(ValueError) as info:
-        guards.check_trainable_dtypes(model, fp16=True)
+        checks.check_trainable_dtypes(model, fp16=True)
     message = str(info.value)
     assert "trainable parameters are float16" in message and "'Attempting to unscale FP16 gradients'" in message
     assert "dtype=torch.float32" in message
-    assert guards.check_trainable_dtypes(small_llama(), fp16=True) > 0  # float32 weights + fp16 autocast: fine
+    assert checks.check_trainable_dtypes(small_llama(), fp16=True) > 0  # float32 weights + fp16 autocast: fine
     # what the user would otherwise meet, later, from torch's gradient scaler:
     weight = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
     scaler = torch.amp.GradScaler("cpu")
@@ -374,7 +375,7 @@ def test_fp16_trainable_weights_are_refused_up_front():
 def test_nothing_trainable_is_refused():
     model = small_llama().requires_grad_(False)
     with pytest.raises(ValueError, match=r"No parameter requires grad.*get_peft_model"):
-        guards.check_trainable_dtypes(model, fp16=False)
+        checks.check_trainable_dtypes(model, fp16=False)
 
 
 # ---------------------------------------------------------------------------
@@ -383,22 +384,22 @@ def test_nothing_trainable_is_refused():
 
 
 def test_pad_set_to_end_of_turn_after_loading_is_caught(tiny_model, tokenizer):
-    guards.check_special_tokens(tiny_model, tokenizer)  # the course's set-up passes
+    checks.check_special_tokens(tiny_model, tokenizer)  # the course's set-up passes
     tok = load_tokenizer(str(TINY_MODEL_DIR))
     tok.pad_token = tok.eos_token  # what many tutorials (and some trainers) do
     with pytest.raises(ValueError, match=r"the pad token '<\|eot_id\|>' is a stop token.*never learns to stop"):
-        guards.check_special_tokens(tiny_model, tok)
+        checks.check_special_tokens(tiny_model, tok)
 
 
 def test_generation_config_without_end_of_turn_is_caught(tokenizer):
     model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR)
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|end_of_text|>")  # base-model config
     with pytest.raises(ValueError, match=r"generation does not stop on <\|eot_id\|>.*stop_token_ids\(tokenizer\)"):
-        guards.check_special_tokens(model, tokenizer)
+        checks.check_special_tokens(model, tokenizer)
     model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|eot_id|>")]
     model.config.pad_token_id = 0
     with pytest.raises(ValueError, match=r"model.config.pad_token_id=0 but the tokenizer pads with"):
-        guards.check_special_tokens(model, tokenizer)
+        checks.check_special_tokens(model, tokenizer)
 
 
 def test_double_bos_from_rendering_then_tokenizing_is_caught(tokenizer):
@@ -466,44 +467,44 @@ def test_utf8_file_with_byte_order_mark_is_read(tmp_path):
 def test_unknown_lora_targets_list_the_available_layers():
     model = small_llama()
     with pytest.raises(ValueError) as info:
-        guards.check_target_modules(model, ["query", "value", "q_proj"])
+        checks.check_target_modules(model, ["query", "value", "q_proj"])
     message = str(info.value)
     assert "LoRA target_modules ['query', 'value'] match no layer" in message
     assert "['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj']" in message
-    guards.check_target_modules(model, ["q_proj", "v_proj"])
-    guards.check_target_modules(model, "all-linear")
+    checks.check_target_modules(model, ["q_proj", "v_proj"])
+    checks.check_target_modules(model, "all-linear")
 
 
 def test_rerunning_the_lora_cell_does_not_stack_adapters(capsys):
     config = LoraConfig(r=4, target_modules="all-linear")
     model = get_peft_model(small_llama(), config)
     first = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    model = get_peft_model(guards.unwrap_peft(model), LoraConfig(r=4, target_modules="all-linear"))  # cell re-run
+    model = get_peft_model(checks.unwrap_peft(model), LoraConfig(r=4, target_modules="all-linear"))  # cell re-run
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == first
     assert "removing them before adding new ones" in capsys.readouterr().out
     base = small_llama()
     get_peft_model(base, LoraConfig(r=4, target_modules="all-linear"))  # changes `base` in place
     with pytest.raises(ValueError, match=r"already has LoRA layers injected.*load the base again"):
-        guards.unwrap_peft(base)
+        checks.unwrap_peft(base)
 
 
 def save_adapter(folder: Path, base: LlamaForCausalLM) -> Path:
     model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     model.save_pretrained(folder)
-    guards.save_base_fingerprint(folder, model)
+    checks.save_base_fingerprint(folder, model)
     return folder
 
 
 def test_adapter_onto_a_base_of_other_shape_is_refused_clearly(tmp_path):
     adapter = save_adapter(tmp_path / "adapter", small_llama(hidden=32))
     with pytest.raises(ValueError) as info:
-        guards.check_adapter_base(adapter, small_llama(hidden=64))
+        checks.check_adapter_base(adapter, small_llama(hidden=64))
     assert "trained on a base with hidden_size 32 (this base: 64), intermediate_size 64 (this base: 128)" in str(
         info.value
     )
-    (adapter / guards.FINGERPRINT_FILE).unlink()  # an adapter saved without a fingerprint: shapes still checked
+    (adapter / checks.FINGERPRINT_FILE).unlink()  # an adapter saved without a fingerprint: shapes still checked
     with pytest.raises(ValueError, match=r"down_proj takes 64 input features; this base's takes 128 \(a different"):
-        guards.check_adapter_base(adapter, small_llama(hidden=64))
+        checks.check_adapter_base(adapter, small_llama(hidden=64))
 
 
 def test_adapter_onto_a_same_shape_but_different_base_is_refused(tmp_path):
@@ -511,8 +512,8 @@ def test_adapter_onto_a_same_shape_but_different_base_is_refused(tmp_path):
     other = small_llama(seed=1)  # same shapes: peft would load it silently
     PeftModel.from_pretrained(small_llama(seed=1), adapter)  # the library's behaviour: no error
     with pytest.raises(ValueError, match=r"same shapes but different weights.*load silently"):
-        guards.check_adapter_base(adapter, other)
-    guards.check_adapter_base(adapter, small_llama(seed=0))  # the right base passes
+        checks.check_adapter_base(adapter, other)
+    checks.check_adapter_base(adapter, small_llama(seed=0))  # the right base passes
 
 
 def test_adapter_onto_a_base_with_another_name_is_refused(tmp_path):
@@ -521,7 +522,7 @@ def test_adapter_onto_a_base_with_another_name_is_refused(tmp_path):
     adapter = save_adapter(tmp_path / "adapter", LlamaForCausalLM.from_pretrained(tmp_path / "Llama-3.2-1B-Instruct"))
     wrong = LlamaForCausalLM.from_pretrained(tmp_path / "Llama-3.2-1B")
     with pytest.raises(ValueError, match=r"was trained on '.*Llama-3\.2-1B-Instruct', not '.*Llama-3\.2-1B'"):
-        guards.check_adapter_base(adapter, wrong)
+        checks.check_adapter_base(adapter, wrong)
 
 
 def test_tied_embeddings_survive_merge_save_and_reload(tmp_path):
@@ -555,7 +556,7 @@ def test_training_stops_at_the_first_non_finite_loss_naming_causes(tmp_path):
         with torch.no_grad():
             model.model.layers[0].mlp.up_proj.weight[0, 0] = float("inf")
 
-    trainer = make_trainer(tmp_path, callbacks=[guards.StopOnNonFiniteLoss(), AtStep(3, poison)])
+    trainer = make_trainer(tmp_path, callbacks=[callbacks.StopOnNonFiniteLoss(), AtStep(3, poison)])
     with pytest.raises(FloatingPointError) as info:
         trainer.train()
     message = str(info.value)
@@ -567,21 +568,21 @@ def test_training_stops_at_the_first_non_finite_loss_naming_causes(tmp_path):
 
 
 def test_nan_guard_refuses_the_default_log_filter_that_hides_nan(tmp_path):
-    trainer = make_trainer(tmp_path, callbacks=[guards.StopOnNonFiniteLoss()], logging_nan_inf_filter=True)
+    trainer = make_trainer(tmp_path, callbacks=[callbacks.StopOnNonFiniteLoss()], logging_nan_inf_filter=True)
     with pytest.raises(ValueError, match=r"logging_nan_inf_filter=True.*hiding a diverged run.*=False"):
         trainer.train()
 
 
 def train_like_the_notebook(trainer):
     """The notebooks' training cell: Ctrl-C saves a checkpoint and stops (a callback); resume from the last one."""
-    trainer.add_callback(guards.CheckpointOnInterrupt())
-    return trainer.train(resume_from_checkpoint=guards.last_good_checkpoint(trainer.args.output_dir))
+    trainer.add_callback(callbacks.CheckpointOnInterrupt())
+    return trainer.train(resume_from_checkpoint=callbacks.last_good_checkpoint(trainer.args.output_dir))
 
 
 def test_last_good_checkpoint_handles_missing_empty_and_corrupt_folders(tmp_path, capsys):
-    assert guards.last_good_checkpoint(tmp_path / "never-created") is None
+    assert callbacks.last_good_checkpoint(tmp_path / "never-created") is None
     assert "does not exist): training starts from the beginning" in capsys.readouterr().out
-    assert guards.last_good_checkpoint(tmp_path) is None
+    assert callbacks.last_good_checkpoint(tmp_path) is None
     assert "No complete checkpoint" in capsys.readouterr().out
 
     make_trainer(tmp_path, max_steps=6, save_total_limit=None).train()  # checkpoints 2, 4, 6
@@ -589,7 +590,7 @@ def test_last_good_checkpoint_handles_missing_empty_and_corrupt_folders(tmp_path
     weights = tmp_path / "checkpoint-4" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # cut-off file at step 4
     (tmp_path / "checkpoint-8").mkdir()  # an empty folder
-    assert guards.last_good_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert callbacks.last_good_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     out = capsys.readouterr().out
     assert "Skipping" in out and "checkpoint-8: missing trainer_state.json, optimizer.pt" in out
     assert "checkpoint-6: missing trainer_state.json" in out
@@ -614,7 +615,7 @@ def test_only_a_bounded_number_of_checkpoints_is_kept(tmp_path):
     make_trainer(tmp_path, max_steps=6, save_steps=1, save_total_limit=2).train()
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-5", "checkpoint-6"]
     with pytest.raises(ValueError, match=r"save_total_limit is None.*~15 GB.*save_total_limit=2"):
-        guards.check_checkpoint_limit(make_trainer(tmp_path, save_total_limit=None).args)
+        callbacks.check_checkpoint_limit(make_trainer(tmp_path, save_total_limit=None).args)
 
 
 def test_interrupt_saves_a_checkpoint_and_resuming_matches_the_uninterrupted_run(tmp_path, uninterrupted):
@@ -625,7 +626,7 @@ def test_interrupt_saves_a_checkpoint_and_resuming_matches_the_uninterrupted_run
         train_like_the_notebook(make_trainer(tmp_path, callbacks=[press_ctrl_c]))
     assert "Training interrupted at step 3; checkpoint saved in" in str(info.value)
     assert "Re-run this cell to resume" in str(info.value)
-    assert guards.checkpoint_problem(tmp_path / "checkpoint-3") is None
+    assert callbacks.checkpoint_problem(tmp_path / "checkpoint-3") is None
     assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
     counter = CountSteps()
     trainer = make_trainer(tmp_path, callbacks=[counter])
@@ -674,7 +675,7 @@ def test_a_diverged_run_does_not_overwrite_good_results(tmp_path):
 
 def test_a_finished_run_is_not_resumed_but_started_again(tmp_path, capsys):
     make_trainer(tmp_path, max_steps=6).train()  # finished: its last checkpoint is step 6 of 6
-    assert guards.last_good_checkpoint(tmp_path) is None
+    assert callbacks.last_good_checkpoint(tmp_path) is None
     assert "finished (checkpoint-6 is its last step): training starts from the beginning" in capsys.readouterr().out
     counter = CountSteps()
     train_like_the_notebook(make_trainer(tmp_path, callbacks=[counter]))
@@ -698,7 +699,7 @@ def test_save_results_refuses_a_diverged_run_and_keeps_the_old_file(tmp_path):
 def test_tensorboard_gets_the_training_loss_under_the_output_folder(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    guards.check_report_to("tensorboard")
+    checks.check_report_to("tensorboard")
     trainer = make_trainer(tmp_path, max_steps=4, report_to="tensorboard", save_strategy="no")
     trainer.train()
     runs = sorted((tmp_path / "runs").iterdir())  # transformers writes to <output_dir>/runs/<date>_<host>
@@ -712,16 +713,16 @@ def test_tensorboard_gets_the_training_loss_under_the_output_folder(tmp_path):
 
 def test_trackers_that_cannot_run_fail_at_once_with_the_fix(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match=r"REPORT_TO='tensorbord' is not one of"):
-        guards.check_report_to("tensorbord")
-    monkeypatch.setattr(guards.importlib.util, "find_spec", lambda name: None)
+        checks.check_report_to("tensorbord")
+    monkeypatch.setattr(checks.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match=r"needs wandb: pip install wandb, then `wandb login`"):
-        guards.check_report_to("wandb")
-    monkeypatch.setattr(guards.importlib.util, "find_spec", lambda name: object())  # installed, not logged in
+        checks.check_report_to("wandb")
+    monkeypatch.setattr(checks.importlib.util, "find_spec", lambda name: object())  # installed, not logged in
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "absent-netrc"))
     with pytest.raises(RuntimeError, match=r"not logged in to Weights & Biases.*wandb login.*WANDB_MODE=offline"):
-        guards.check_report_to("wandb")
+        checks.check_report_to("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
-    guards.check_report_to("wandb")  # offline: logs locally, no login needed
-    guards.check_report_to("none")
+    checks.check_report_to("wandb")  # offline: logs locally, no login needed
+    checks.check_report_to("none")

@@ -16,9 +16,10 @@ import test_precision
 from test_data import write_jsonl
 
 from helpers.compare import comparison_rows, load_all
-from helpers.data import headline, load_dataset_any, to_conversational
+from helpers.data import load_dataset_any, to_conversational
 from helpers.evaluate import reply_scores
 from helpers.models import CHAT_TEMPLATE_KWARGS
+from helpers.scoring import headline
 
 # the tiny model and its tokenizer, and the results and notebooks folders, as in those modules
 model, tokenizer, dirs = test_models.model, test_models.tokenizer, test_compare.dirs

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import load_script
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
+
 SCRIPTS = ROOT / "scripts"
 COURSE_NOTEBOOKS = [
     "notebooks/01_full_finetuning.ipynb",
@@ -43,11 +45,7 @@ KIT = ROOT / ".whl"
 # An absolute path on some machine: a check file should name none (a label like <scratch>/ or ~/ is fine).
 MACHINE_PATH = re.compile(r"(?<![\w.~>-])/(?:tmp|root|home|work|opt|usr|var|mnt|srv|scratch|private|Users)/[^\s\"']*")
 
-sys.path.insert(0, str(SCRIPTS))
-try:
-    import gpu_check as gpu_check_script  # noqa: E402  scripts/gpu_check.py
-finally:
-    sys.path.remove(str(SCRIPTS))
+gpu_check_script = load_script("gpu_check")
 
 
 def machine_paths(text: str) -> list[str]:

@@ -189,8 +189,7 @@ def _lora_grads(evaluate_first: bool, fix: bool) -> torch.Tensor:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from helpers.hardware import keep_4bit_layers_trainable
-    from helpers.models import TINY_MODEL_DIR
+    from helpers.models import TINY_MODEL_DIR, keep_4bit_layers_trainable
 
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
     model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, quantization_config=config, dtype=torch.float32)

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import preflight
+from helpers import ROOT, preflight
 from helpers.install import read_pins
 
-ROOT = Path(__file__).resolve().parent.parent
 PINS = read_pins()
 
 
@@ -43,7 +42,7 @@ def run_setup(python: Path, imports: tuple[str, ...] = ()) -> dict:
         import json, sys
         for name in {list(imports)!r}:
             __import__(name)  # what the kernel imported before the setup cell ran (Colab: psutil)
-        from helpers.install import RestartNeeded, install_missing
+        from helpers.install import install_missing, RestartNeeded
         calls = []
         def record(command):
             constraints = command[command.index("-c") + 1]

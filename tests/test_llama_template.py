@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import chat_template_utils
 
 from helpers.data import check_lengths, load_support, to_conversational
-from helpers.evaluate import tokenize_with_mask
+from helpers.masking import tokenize_with_mask
 from helpers.models import (
     CHAT_TEMPLATE,
     CHAT_TEMPLATE_KWARGS,

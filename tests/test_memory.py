@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from helpers.fit import run_estimate
+from helpers import ROOT
+from helpers.fit import fit_verdict, run_estimate
 from helpers.memory import (
     QUANT_CONSTANTS_KEY,
     MemoryTracker,
@@ -19,14 +19,12 @@ from helpers.memory import (
     count_parameters,
     estimate_training_memory,
     estimate_weight_bytes,
-    fit_verdict,
     format_bytes,
     gradient_bytes,
     optimizer_state_bytes,
 )
 
 MB = 10**6
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def small_model() -> nn.Sequential:

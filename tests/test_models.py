@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from safetensors import safe_open
 from transformers import (
     AutoModelForCausalLM,
@@ -20,6 +21,7 @@ from transformers import (
 
 from helpers import models
 from helpers.artifacts import atomic_dir
+from helpers.checks import check_special_tokens
 from helpers.data import check_lengths, load_support, to_conversational
 from helpers.evaluate import (
     copy_probe,
@@ -28,10 +30,9 @@ from helpers.evaluate import (
     longest_first,
     reply_scores,
     task_accuracy,
-    tokenize_with_mask,
     wilson_interval,
 )
-from helpers.guards import check_special_tokens
+from helpers.masking import tokenize_with_mask
 from helpers.models import (
     CHAT_TEMPLATE_KWARGS,
     LLAMA_3_2_1B,
@@ -416,15 +417,8 @@ def test_copy_probe_tells_a_copier_from_the_tiny_model(tokenizer, model):
 
 def test_the_shipped_base_copies_from_its_context(tokenizer, model):
     """Issue 11: on held-out random digit and word strings, the repeat costs at most a third of the first pass."""
-    import sys
-    from pathlib import Path
-
-    scripts = str(Path(__file__).resolve().parent.parent / "scripts")
-    sys.path.insert(0, scripts)
-    try:
-        from build_tiny_model import CORPUS, probe_pools
-    finally:
-        sys.path.remove(scripts)
+    build = load_script("build_tiny_model")
+    CORPUS, probe_pools = build.CORPUS, build.probe_pools
     paragraphs = [line.strip() for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
     pools = probe_pools(tokenizer, paragraphs)
     assert len(pools["words"]) > 100

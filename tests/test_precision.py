@@ -14,12 +14,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers.evaluate import tokenize_with_mask
+from helpers import ROOT
 from helpers.hardware import BF16, FP16_MIXED, FP32, Precision
+from helpers.masking import tokenize_with_mask
 from helpers.memory import MemoryTracker
 from helpers.models import TINY_MODEL_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
 REGIMES = {"bf16": BF16, "fp16": FP16_MIXED, "fp32": FP32}
 
 

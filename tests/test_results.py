@@ -12,7 +12,8 @@ import torch
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from helpers import speed
-from helpers.results import RESULT_KEYS, dir_size_bytes, load_results, save_results, write_json_atomic
+from helpers.artifacts import dir_size_bytes
+from helpers.results import RESULT_KEYS, load_results, save_results, write_json_atomic
 from helpers.speed import ThroughputCallback
 
 

@@ -17,17 +17,15 @@ import urllib.request
 
 import pytest
 import torch
+from conftest import load_script
 from openai import OpenAI
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers.models import REPO_ROOT, TINY_MODEL_DIR
+from helpers import ROOT as REPO_ROOT
+from helpers.models import TINY_MODEL_DIR
 
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-try:
-    import serve
-finally:
-    sys.path.remove(str(REPO_ROOT / "scripts"))
+serve = load_script("serve")
 
 MODEL = "models/tiny-llama-support"  # as a user passes it: requests name the model the same way
 MAX_TOKENS = 32

@@ -19,18 +19,14 @@ from accelerate.commands.config.config_args import ClusterConfig, load_config_fr
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.launch import prepare_multi_gpu_env
+from conftest import load_script
 
-from helpers import recipe
+from helpers import ROOT, recipe
 from helpers.hardware import choose_precision
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "train.py"
 ACCELERATE = Path(sys.executable).parent / "accelerate"
-sys.path.insert(0, str(ROOT / "scripts"))
-try:
-    import train
-finally:
-    sys.path.remove(str(ROOT / "scripts"))
+train = load_script("train")
 
 
 def test_the_global_batch_is_split_over_the_processes():
