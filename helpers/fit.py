@@ -33,10 +33,10 @@ METHODS = {
     "full": "all weights; float32 master weights and gradients under bf16 (fp16 on a T4) autocast, "
     "PyTorch AdamW (float32 moments), 16-bit autocast copies of the weights; no gradient checkpointing",
     "full, 8-bit": "as full, with bitsandbytes' paged 8-bit AdamW (1 byte per moment) and gradient checkpointing",
-    "lora": "bf16 frozen base; a float32 adapter (r=16, all linear layers) with PyTorch AdamW; gradient "
+    "lora": "bf16 frozen base; a float32 adapter (the rank and layers notebook 2 used) with PyTorch AdamW; gradient "
     "checkpointing only where the batch would not fit without it (as notebooks 2 and 3)",
     "qlora": "NF4 base, embedding and norms in the compute dtype (bf16; fp16 on a T4); "
-    "a float32 adapter (r=16, all linear layers); paged 8-bit AdamW; gradient checkpointing as for lora",
+    "a float32 adapter (the rank and layers notebook 3 used); paged 8-bit AdamW; gradient checkpointing as for lora",
 }
 
 
@@ -69,6 +69,7 @@ def method_estimate(
     batch_size: int,
     bf16: bool = True,
     lora_r: int = 16,
+    target_modules: str | list[str] = "all-linear",
     gradient_checkpointing: bool = True,
     loss_tokens: int | None = None,
     upcast: bool = False,
@@ -89,11 +90,12 @@ def method_estimate(
         trainable, weight_bytes, grad_bytes, copies = total, total * 4, 4, total
         optimizer = "paged_adamw_8bit" if method == "full, 8-bit" else "adamw"
     elif method == "lora":
-        trainable, grad_bytes, optimizer = lora_trainable_params(spec, lora_r), 4, "adamw"
+        trainable, grad_bytes, optimizer = lora_trainable_params(spec, lora_r, target_modules), 4, "adamw"
         weight_bytes = total * 2 + trainable * 4  # bf16 base, float32 adapter
     else:  # SFTTrainer casts the adapter to bf16; the course casts it back to float32 (notebook 3)
         adapter_bytes = 2 if bf16 and not adapter_fp32 else 4
-        trainable, grad_bytes, optimizer = lora_trainable_params(spec, lora_r), adapter_bytes, "paged_adamw_8bit"
+        trainable = lora_trainable_params(spec, lora_r, target_modules)
+        grad_bytes, optimizer = adapter_bytes, "paged_adamw_8bit"
         other_bytes = 4 if upcast else 2
         weight_bytes = estimate_weight_bytes(model, dtype_bytes=other_bytes, quantize_linear=True)["total"] + trainable * adapter_bytes
     c = model.config
@@ -125,6 +127,8 @@ def planned_estimate(
     batch_size: int,
     bf16: bool = True,
     reserve_bytes: int = 2**29,
+    lora_r: int = 16,
+    target_modules: str | list[str] = "all-linear",
 ) -> tuple[bool, dict[str, int], bool]:
     """(fits, estimate, gradient checkpointing) under the memory plan the notebooks would choose on this GPU.
 
@@ -134,7 +138,7 @@ def planned_estimate(
     options = {"full": [False], "full, 8-bit": [True]}.get(method, [False, True])
     for checkpointing in options:
         estimate = method_estimate(spec, method, seq_len=seq_len, batch_size=batch_size, bf16=bf16,
-                                   gradient_checkpointing=checkpointing)
+                                   gradient_checkpointing=checkpointing, lora_r=lora_r, target_modules=target_modules)
         if fit_verdict(estimate, capacity_bytes, where=where, reserve_bytes=reserve_bytes)[0]:
             return True, estimate, checkpointing
     return False, estimate, checkpointing
@@ -174,6 +178,8 @@ def run_estimate(result: dict) -> dict[str, int]:
         checkpointing = config.get("memory_plan", {}).get("name") == "gradient checkpointing"
     if method == "qlora" and "embedding_dtype" not in config:
         kwargs = {"upcast": True, "adapter_fp32": not bf16}
+    if method != "full":  # the run's own adapter (runs before issue 25 record no targets: all linear layers)
+        kwargs.update(lora_r=config.get("lora_r", 16), target_modules=config.get("target_modules", "all-linear"))
     return method_estimate(LLAMA_3_2_1B, name, seq_len=shape["seq_len"], batch_size=batch, bf16=bf16,
                            gradient_checkpointing=checkpointing, loss_tokens=batch * shape["longest_reply"], **kwargs)
 

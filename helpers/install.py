@@ -12,7 +12,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, distributions, packages_distributions, version
 from pathlib import Path
 
 from helpers import ROOT
@@ -69,27 +69,54 @@ def _plan_installs(path: str | Path = REQUIREMENTS) -> list[str]:
     ]
 
 
+def _versions() -> dict[str, str]:
+    """Every installed distribution's version, by normalised name."""
+    return {dist.metadata["Name"].lower().replace("_", "-"): dist.version for dist in distributions()}
+
+
+def _changed_and_loaded(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Distributions whose version changed (or that were removed) and whose modules this process has imported."""
+    modules_of: dict[str, list[str]] = {}
+    for module, dists in packages_distributions().items():
+        for dist in dists:
+            modules_of.setdefault(dist.lower().replace("_", "-"), []).append(module)
+    changed = [name for name, found in before.items() if after.get(name) != found]
+    return sorted(name for name in changed if any(m in sys.modules for m in modules_of.get(name, [name.replace("-", "_")])))
+
+
 def install_missing(
     path: str | Path = REQUIREMENTS, run: Callable[[list[str]], object] = subprocess.check_call
 ) -> list[str]:
     """Install what plan_installs() lists, with pip held to the installed torch; return what was installed.
 
-    Raises RestartNeeded, once, if a package the kernel had already imported was replaced.
+    Raises RestartNeeded, once, if pip replaced any distribution (a pin or a dependency it upgraded on the way)
+    whose modules the kernel had already imported; RuntimeError with the fix if pip fails.
     """
     todo = _plan_installs(path)
     if not todo:
         return []
+    before = _versions()
     with tempfile.TemporaryDirectory() as folder:
         constraints = Path(folder) / "constraints.txt"
         torch_version = installed_version("torch")
         constraints.write_text(f"torch=={torch_version}\n" if torch_version else "")  # never upgrade torch
         print("Installing:", " ".join(todo), flush=True)
-        run([sys.executable, "-m", "pip", "install", "--quiet", "-c", str(constraints), *todo])
-    loaded = [pin.split("==")[0] for pin in todo if pin.split("==")[0].replace("-", "_") in sys.modules]
+        try:
+            run([sys.executable, "-m", "pip", "install", "--quiet", "-c", str(constraints), *todo])
+        except subprocess.CalledProcessError as error:
+            held = f"torch {torch_version} (this machine's, which the course never replaces)" if torch_version else "no torch"
+            raise RuntimeError(
+                f"pip could not install {' '.join(todo)} (exit {error.returncode}; its own message is above). "
+                f"It was held to {held}. Fix: if a pin needs another torch, install the torch it names first "
+                "(pip install torch==<version>) or use the versions in requirements.txt on a machine of your own; "
+                "if the network failed, run this cell again."
+            ) from None
+    loaded = _changed_and_loaded(before, _versions())
     if loaded:
         raise RestartNeeded(
-            f"Installed {', '.join(todo)}, but this kernel had already imported {', '.join(loaded)}. Restart it once "
-            "(Kernel > Restart; in Colab: Runtime > Restart session) and run the notebook again from the top."
+            f"Installed {', '.join(todo)}, but this kernel had already imported {', '.join(loaded)}, which changed. "
+            "Restart it once (Kernel > Restart; in Colab: Runtime > Restart session) and run the notebook again "
+            "from the top."
         )
     return todo
 

@@ -289,3 +289,17 @@ def test_the_estimator_is_within_10_percent_of_the_gpu_runs_train_peak(path):
 def test_the_gpu_runs_cover_every_method_in_both_regimes():
     found = {(p.parent.name, p.stem) for p in NOTEBOOK_ROWS}
     assert {(regime, method) for regime in ("native", "t4") for method in ("full", "lora", "qlora")} <= found
+
+
+def test_the_fit_estimate_follows_the_rank_and_layers_the_notebooks_trained():
+    """Issue 25: notebook 4's "will it fit?" reads r and the targets from notebooks 2 and 3, not a typed-in 16."""
+    from helpers.fit import method_estimate, planned_estimate
+    from helpers.models import LLAMA_3_2_1B
+
+    shape = {"seq_len": 256, "batch_size": 4}
+    base = method_estimate(LLAMA_3_2_1B, "lora", **shape, lora_r=16)
+    assert method_estimate(LLAMA_3_2_1B, "lora", **shape, lora_r=64)["optimizer_states"] == 4 * base["optimizer_states"]
+    q_v = method_estimate(LLAMA_3_2_1B, "lora", **shape, lora_r=16, target_modules=["q_proj", "v_proj"])
+    assert q_v["optimizer_states"] < base["optimizer_states"] / 5
+    _, planned, _ = planned_estimate(LLAMA_3_2_1B, "qlora", 80 * 2**30, where="H100", **shape, lora_r=64)
+    assert planned["optimizer_states"] > method_estimate(LLAMA_3_2_1B, "qlora", **shape)["optimizer_states"]
