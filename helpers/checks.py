@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from helpers.models import END_OF_TURN, stop_token_ids
+from helpers.models import end_of_turn, stop_token_ids
 
 FINGERPRINT_FILE = "base_fingerprint.json"
 _FINGERPRINT_CONFIG_KEYS = (
@@ -54,7 +54,7 @@ def check_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     stops = stop_token_ids(tokenizer)
     problems = []
     if tokenizer.pad_token_id is None:
-        problems.append("the tokenizer has no pad token (set tokenizer.pad_token = '<|finetune_right_pad_id|>')")
+        problems.append("the tokenizer has no pad token (load it with helpers.models.load_tokenizer, which picks a safe one)")
     elif tokenizer.pad_token_id in stops:
         problems.append(
             f"the pad token {tokenizer.pad_token!r} is a stop token, so its labels are masked and the model never "
@@ -62,10 +62,10 @@ def check_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
         )
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
-    eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    if eot not in eos:
+    turn_end = end_of_turn(tokenizer)
+    if tokenizer.convert_tokens_to_ids(turn_end) not in eos:
         problems.append(
-            f"generation does not stop on {END_OF_TURN} (generation_config.eos_token_id={sorted(eos)}; fix: "
+            f"generation does not stop on {turn_end} (generation_config.eos_token_id={sorted(eos)}; fix: "
             "model.generation_config.eos_token_id = stop_token_ids(tokenizer))"
         )
     if model.config.pad_token_id not in (None, tokenizer.pad_token_id):

@@ -23,8 +23,9 @@ from helpers.artifacts import atomic_dir
 
 TINY_MODEL_DIR = ROOT / "models" / "tiny-llama-support"
 CACHE_DIR = Path.home() / ".cache" / "llama-finetuning-course"  # where stand-in models are built (the default)
-_DEFAULT_HUB_ID = "meta-llama/Llama-3.2-1B-Instruct"
-_PROFILES = ("llama-3.2-1b", "tiny", "llama-3.2-1b-random")
+DEFAULT_HUB_ID = "meta-llama/Llama-3.2-1B-Instruct"  # the "hub" profile's model unless MODEL_ID names another
+_PROFILES = ("hub", "tiny", "llama-3.2-1b-random")
+_ALIASES = {"llama-3.2-1b": "hub"}  # the hub profile's earlier name
 
 # The Llama 3.2 1B architecture, as published in its config.json (the Instruct and base models share it).
 LLAMA_3_2_1B = {
@@ -204,15 +205,16 @@ class ModelChoice:
 
 
 def resolve_profile(requested: str, cuda_available: bool | None = None) -> str:
-    """The run profile: the one requested, or for 'auto' the real model on a CUDA GPU and the tiny one elsewhere."""
-    profile = requested
+    """The run profile: the one requested, or for 'auto' the hub model on a CUDA GPU and the tiny one elsewhere."""
+    profile = _ALIASES.get(requested, requested)
     if profile == "auto":
         if cuda_available is None:
             cuda_available = torch.cuda.is_available()
-        profile = "llama-3.2-1b" if cuda_available else "tiny"
+        profile = "hub" if cuda_available else "tiny"
     if profile not in _PROFILES:
         raise ValueError(
             f"Unknown profile {profile!r}. Choose one of {', '.join(_PROFILES)} or 'auto' "
+            "('hub': MODEL_ID, any chat model on the hub or in a local folder, Llama 3.2 1B Instruct by default) "
             "(set PROFILE in the parameters cell, or the COURSE_PROFILE environment variable it reads)."
         )
     return profile
@@ -220,9 +222,10 @@ def resolve_profile(requested: str, cuda_available: bool | None = None) -> str:
 
 def choose_model(profile: str, model_id: str | None = None, cache_dir: str | Path | None = None) -> ModelChoice:
     """Return where to load the model of a profile from, building the local ones (in cache_dir) on first use."""
-    if profile == "llama-3.2-1b":
-        hub_id = model_id or _DEFAULT_HUB_ID
-        return ModelChoice(profile, hub_id, hub_id, f"{hub_id} from the Hugging Face hub (pretrained weights)", True)
+    if profile == "hub":
+        hub_id = model_id or DEFAULT_HUB_ID
+        where = "a local folder" if Path(hub_id).is_dir() else "from the Hugging Face hub"
+        return ModelChoice(profile, hub_id, hub_id, f"{hub_id} ({where}, pretrained weights)", True)
     if profile == "tiny":
         if not (TINY_MODEL_DIR / "model.safetensors").exists():
             raise FileNotFoundError(
@@ -335,24 +338,58 @@ def is_current_build(path: Path, **body) -> bool:
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    """Load a tokenizer and apply the training rules: a pad token distinct from end-of-turn, right padding."""
+    """Load a tokenizer and apply the training rules: a pad token that is not a stop token, right padding."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.chat_template is None:
         raise ValueError(f"The tokenizer of {path} {NO_TEMPLATE_HELP}")
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.convert_tokens_to_ids(END_OF_TURN):
-        if PAD_TOKEN not in tokenizer.get_vocab():
-            raise ValueError(f"{path}: no pad token and no {PAD_TOKEN} in the vocabulary; add a pad token first.")
-        tokenizer.pad_token = PAD_TOKEN
-    if tokenizer.pad_token_id in stop_token_ids(tokenizer):
-        raise ValueError("The pad token equals a stop token: the model would never learn to stop.")
+    stops = stop_token_ids(tokenizer)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id in stops:
+        tokenizer.pad_token = safe_pad_token(tokenizer, path)
     tokenizer.padding_side = "right"
     return tokenizer
 
 
+def end_of_turn(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The special token the chat template writes after an assistant message: Llama 3's <|eot_id|>, ChatML's
+    <|im_end|>. Generation stops on it, and training must teach it (so it may never be the pad token)."""
+    messages = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Fine"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, **CHAT_TEMPLATE_KWARGS)
+    after = text[text.rindex("Fine") + len("Fine") :]
+    specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special} | set(tokenizer.all_special_tokens)
+    found = sorted((after.find(t), -len(t), t) for t in specials if t and t in after)
+    if not found:
+        raise ValueError(
+            "The chat template writes no special token after an assistant message, so generation could not stop "
+            "at the end of a reply. Use a chat model's tokenizer (its template ends each turn with a special token)."
+        )
+    return found[0][2]
+
+
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Token ids generation should stop on: end of turn, end of message (Llama 3.2, after tool calls), end of text."""
+    """Token ids generation stops on: the end of turn, then the tokenizer's end of sequence, and Llama 3's end of
+    message (after tool calls) and end of text where the vocabulary has them."""
     vocab = tokenizer.get_vocab()
-    return [vocab[t] for t in (END_OF_TURN, "<|eom_id|>", "<|end_of_text|>") if t in vocab]
+    ids = [vocab[end_of_turn(tokenizer)]]
+    for token in (tokenizer.eos_token, "<|eom_id|>", "<|end_of_text|>"):
+        if token in vocab and vocab[token] not in ids:
+            ids.append(vocab[token])
+    return ids
+
+
+def safe_pad_token(tokenizer: PreTrainedTokenizerBase, path: str = "this tokenizer") -> str:
+    """A token that can pad: in the vocabulary, not a stop token, not the start of text, not written by the chat
+    template. Llama 3's reserved <|finetune_right_pad_id|> first; ValueError with the fix when none exists."""
+    vocab, stops = tokenizer.get_vocab(), set(stop_token_ids(tokenizer))
+    messages = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Fine"}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, **CHAT_TEMPLATE_KWARGS)
+    for token in (PAD_TOKEN, tokenizer.pad_token, "<|endoftext|>", "<pad>", "[PAD]", "<|pad|>", tokenizer.unk_token):
+        if token and token in vocab and vocab[token] not in stops and token != tokenizer.bos_token and token not in rendered:
+            return token
+    raise ValueError(
+        f"{path}: no token can pad safely: the pad token {tokenizer.pad_token!r} ends a turn, and masking it would "
+        "teach the model never to stop. Fix: tokenizer.add_special_tokens({'pad_token': '<|pad|>'}), then "
+        "model.resize_token_embeddings(len(tokenizer)) if len(tokenizer) is now larger than the model's vocabulary."
+    )
 
 
 def keep_4bit_layers_trainable(model: torch.nn.Module) -> int:

@@ -13,7 +13,7 @@ from packaging.version import Version
 
 from helpers.hardware import Hardware, detect_hardware, package_versions
 from helpers.install import CORE, REQUIREMENTS, installed_version, is_compatible, read_pins
-from helpers.models import ModelChoice, choose_model, resolve_profile
+from helpers.models import DEFAULT_HUB_ID, ModelChoice, choose_model, resolve_profile
 
 _TOKEN_HELP = (
     "create a token with read access at https://huggingface.co/settings/tokens, then run `hf auth login` "
@@ -202,10 +202,12 @@ def describe_run(
     print(f"Precision : {hardware.precision.name}")
     print("Versions  : " + ", ".join(f"{k} {v}" for k, v in package_versions().items()))
     check_pinned_versions()  # names the fix if the libraries differ from the tested set in requirements.txt
-    if profile == "llama-3.2-1b":
-        check_model_access(choice.path)  # gated model: says whether the token, the licence or the network is missing
-    else:
+    if profile != "hub":
         print("NOTE: outputs below come from a stand-in model, not from Llama 3.2 1B's pretrained weights.")
+    elif not Path(choice.path).is_dir():
+        check_model_access(choice.path)  # gated model: says whether the token, the licence or the network is missing
+    if profile == "hub" and choice.path != DEFAULT_HUB_ID:
+        print(f"NOTE: outputs below come from {choice.path}, not from Llama 3.2 1B.")
     if not choice.accuracy_means_something:
         print("NOTE: random weights: memory and speed are real, loss and accuracy mean nothing.")
     return Run(profile, choice, hardware, Path(results_dir or root / "results"), Path(output_dir or root / "outputs"))

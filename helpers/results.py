@@ -18,7 +18,7 @@ from helpers.scoring import REPLY_FIELDS, TASK_ACCURACY, headline
 # Every results file has these keys. save_results() sets created_at itself.
 RESULT_KEYS = (
     "method",  # "full", "lora" or "qlora"
-    "profile",  # the run profile, e.g. "tiny" or "llama-3.2-1b"
+    "profile",  # the run profile, e.g. "tiny" or "hub"
     "model_id",
     "device",  # Hardware.describe()
     "dtype",  # Precision.name

@@ -471,7 +471,7 @@ def write_run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="tiny", help="tiny, llama-3.2-1b-random or llama-3.2-1b")
+    parser.add_argument("--profile", default="tiny", help="tiny, llama-3.2-1b-random or hub")
     parser.add_argument("--methods", default="full,lora,qlora")
     parser.add_argument("--rows", choices=["cpu", "gpu", "smoke"], default="cpu", help="gpu: fewer rows, 8-bit AdamW, Liger")
     parser.add_argument("--budget-s", type=float, default=None, help="start no row after this many seconds")

@@ -57,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", choices=METHODS, required=True)
     parser.add_argument("--profile", default=os.environ.get("COURSE_PROFILE", "auto"),
-                        help="auto, llama-3.2-1b, tiny or llama-3.2-1b-random (default: COURSE_PROFILE, else auto)")
+                        help="auto, hub, tiny or llama-3.2-1b-random (default: COURSE_PROFILE, else auto)")
     parser.add_argument("--model-id", default=os.environ.get("COURSE_MODEL_ID"),
-                        help="hub id for the llama-3.2-1b profile (default: COURSE_MODEL_ID)")
+                        help="the hub profile's chat model: a hub id or folder (default: COURSE_MODEL_ID)")
     parser.add_argument("--precision", default=os.environ.get("COURSE_PRECISION", "auto"),
                         help="auto, bf16, fp16 or fp32 (default: COURSE_PRECISION, else auto)")
     parser.add_argument("--data", default="support", help="support, a .jsonl/.json/.csv file or a hub dataset id")

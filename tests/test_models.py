@@ -86,8 +86,8 @@ def examples():
 def test_helpers_read_no_course_variable_the_parameters_cell_does(monkeypatch):
     monkeypatch.setenv("COURSE_PROFILE", "tiny")
     monkeypatch.setenv("COURSE_MODEL_ID", "someone/elsewhere")
-    assert resolve_profile("llama-3.2-1b") == "llama-3.2-1b"
-    assert choose_model("llama-3.2-1b").path == "meta-llama/Llama-3.2-1B-Instruct"
+    assert resolve_profile("hub") == "hub"
+    assert choose_model("hub").path == "meta-llama/Llama-3.2-1B-Instruct"
     helpers = Path(models.__file__).parent
     reads = [
         f"{path.name}:{n}"
@@ -99,7 +99,8 @@ def test_helpers_read_no_course_variable_the_parameters_cell_does(monkeypatch):
 
 
 def test_auto_profile_follows_hardware():
-    assert resolve_profile("auto", cuda_available=True) == "llama-3.2-1b"
+    assert resolve_profile("auto", cuda_available=True) == "hub"
+    assert resolve_profile("llama-3.2-1b") == "hub", "the hub profile's earlier name still works"
     assert resolve_profile("auto", cuda_available=False) == "tiny"
 
 
@@ -109,8 +110,8 @@ def test_unknown_profile_lists_the_choices():
 
 
 def test_real_profile_uses_hub_id_and_its_override():
-    assert choose_model("llama-3.2-1b").path == "meta-llama/Llama-3.2-1B-Instruct"
-    assert choose_model("llama-3.2-1b", "someone/llama-3.2-1b-mirror").path == "someone/llama-3.2-1b-mirror"
+    assert choose_model("hub").path == "meta-llama/Llama-3.2-1B-Instruct"
+    assert choose_model("hub", "HuggingFaceTB/SmolLM2-135M-Instruct").path == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def test_missing_tiny_model_names_the_build_command(monkeypatch, tmp_path):

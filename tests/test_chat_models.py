@@ -1,0 +1,106 @@
+"""Issue 26: another chat model than Llama 3. A tiny model with a ChatML template (<|im_start|>/<|im_end|>) and
+pad = eos, as SmolLM2 and Qwen ship it, built here like the tiny Llama: its own tokenizer, nothing downloaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import test_foreign_data
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from helpers import ROOT
+from helpers.data import load_support, to_conversational
+from helpers.masking import tokenize_with_mask
+from helpers.models import CHAT_TEMPLATE_KWARGS, end_of_turn, load_tokenizer, safe_pad_token, stop_token_ids
+
+CHATML = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] | trim + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+SPECIAL = ["<|im_end|>", "<|im_start|>", "<|endoftext|>"]  # <|im_end|> is id 0
+
+
+def build_chatml_model(folder) -> str:
+    """A 2-layer Llama body with a ChatML tokenizer trained on the course's data; pad = eos = <|im_end|>."""
+    rows = [json.loads(line) for line in (ROOT / "data" / "support" / "train.jsonl").read_text().splitlines()[:800]]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1200, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([r["prompt"] for r in rows] + [r["completion"] for r in rows], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>",
+                                        model_max_length=512)
+    tokenizer.chat_template = CHATML
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=None, eos_token_id=end, pad_token_id=end, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=end, pad_token_id=end)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def chatml(tmp_path_factory) -> str:
+    return build_chatml_model(tmp_path_factory.mktemp("chatml-model"))
+
+
+def test_end_of_turn_stops_and_pad_come_from_the_tokenizer(chatml):
+    tokenizer = load_tokenizer(chatml)
+    assert end_of_turn(tokenizer) == "<|im_end|>"
+    assert stop_token_ids(tokenizer) == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert tokenizer.pad_token == "<|endoftext|>", "pad = eos as shipped would mask the end of turn: another pad"
+    llama = load_tokenizer(str(ROOT / "models" / "tiny-llama-support"))  # Llama 3's choices are what it derives
+    assert end_of_turn(llama) == "<|eot_id|>" and llama.pad_token == "<|finetune_right_pad_id|>"
+
+
+def test_a_model_with_no_safe_pad_gets_the_fix(chatml):
+    tokenizer = load_tokenizer(chatml)
+    tokenizer.pad_token = "<|im_end|>"
+    vocab = tokenizer.get_vocab()
+    tokenizer.get_vocab = lambda: {k: v for k, v in vocab.items() if k != "<|endoftext|>"}  # as if it had none
+    with pytest.raises(ValueError, match=r"no token can pad safely.*add_special_tokens\(\{'pad_token'"):
+        safe_pad_token(tokenizer, "a ChatML model")
+
+
+def test_the_answer_mask_equals_trls_labels(chatml):
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(chatml)
+    data = to_conversational(load_support({"train": 6})["train"], chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
+    args = SFTConfig(output_dir="unused", use_cpu=True, report_to="none", max_length=512)
+    trainer = SFTTrainer(model=LlamaForCausalLM.from_pretrained(chatml), args=args, train_dataset=data,
+                         processing_class=tokenizer)
+    for row, example in zip(trainer.train_dataset, data, strict=True):
+        ids, labels = tokenize_with_mask(tokenizer, example)
+        assert row["labels"] == labels and row["input_ids"] == ids
+        answer = tokenizer.decode([t for t in labels if t != -100])
+        assert answer.startswith("category:") and "<|im_end|>" in answer
+
+
+def test_generation_stops_at_its_end_of_turn(chatml):
+    tokenizer = load_tokenizer(chatml)
+    model = LlamaForCausalLM.from_pretrained(chatml)
+    torch.nn.init.zeros_(model.lm_head.weight)  # every logit 0: greedy picks id 0, <|im_end|>
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    out = model.generate(**prompt, max_new_tokens=8, do_sample=False, eos_token_id=stop_token_ids(tokenizer),
+                         pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] == prompt["input_ids"].shape[1] + 1  # one token, the end of turn, then it stopped
+
+
+def test_notebook_2_runs_to_the_end_on_a_chatml_model(chatml, tmp_path):
+    done, summary, nb = test_foreign_data.run_notebook_2(tmp_path, "support", COURSE_PROFILE="hub",
+                                                         COURSE_MODEL_ID=chatml)
+    assert done.returncode == 0 and summary["ok"], done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "results" / "lora.json").read_text())
+    assert results["profile"] == "hub" and results["model_id"] == chatml
