@@ -139,7 +139,7 @@ class CheckpointOnInterrupt(TrainerCallback):
             last = last_good_checkpoint(self.output_dir, quiet=True)
             raise KeyboardInterrupt(
                 "Training was stopped mid-step. "
-                + (f"Re-run this cell to resume from {shown(last)}." if last else "No checkpoint was saved yet.")
+                + (f"Re-run this cell (or the same command) to resume from {shown(last)}." if last else "No checkpoint was saved yet.")
             )
         self.interrupted = True
         print("Interrupt received: finishing this step and saving a checkpoint. Interrupt again to stop at once.")
@@ -174,6 +174,6 @@ class CheckpointOnInterrupt(TrainerCallback):
         if self.interrupted:
             raise KeyboardInterrupt(
                 f"Training interrupted at step {self.step}; checkpoint saved in {shown(args.output_dir)}/"
-                f"checkpoint-{self.step}. Re-run this cell to resume from it (later cells would otherwise use a "
+                f"checkpoint-{self.step}. Re-run this cell (or the same command) to resume from it (later cells would otherwise use a "
                 "half-trained model)."
             )

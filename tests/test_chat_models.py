@@ -4,10 +4,18 @@ pad = eos, as SmolLM2 and Qwen ship it, built here like the tiny Llama: its own 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import test_foreign_data
+import test_serve
 import torch
+from conftest import load_script
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -104,3 +112,43 @@ def test_notebook_2_runs_to_the_end_on_a_chatml_model(chatml, tmp_path):
     assert done.returncode == 0 and summary["ok"], done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "results" / "lora.json").read_text())
     assert results["profile"] == "hub" and results["model_id"] == chatml
+
+
+def test_the_training_script_trains_a_chatml_model(chatml, tmp_path):
+    """scripts/train.py on the hub profile with a local ChatML folder: the same recipe, its own special tokens."""
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), "--method", "lora", "--profile", "hub",
+               "--model-id", chatml, "--train-examples", "16", "--eval-examples", "4", "--test-examples", "2",
+               "--max-steps", "2", "--output-dir", str(tmp_path / "run")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()
+    assert "eval loss" in done.stdout
+
+
+def test_the_local_api_answers_for_a_chatml_model(chatml, tmp_path):
+    """scripts/serve.py on the ChatML folder: a reply, a clean 4xx for a bad role, and the server goes on."""
+    serve = load_script("serve")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, serve.__file__, "--model", chatml, "--port", str(port)], cwd=ROOT,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "Serving" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        good = {"model": chatml, "messages": [{"role": "user", "content": "Where is order 48213?"}], "max_tokens": 4}
+        status, body = test_serve.post(url, json.dumps(good).encode())
+        assert status == 200 and isinstance(json.loads(body)["choices"][0]["message"]["content"], str), body
+        bad = {**good, "messages": [{"role": "boss", "content": "hi"}]}
+        status, body = test_serve.post(url, json.dumps(bad).encode())
+        assert status == 400 and json.loads(body)["error"]["param"] == "messages[0].role"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)

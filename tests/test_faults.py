@@ -625,7 +625,7 @@ def test_interrupt_saves_a_checkpoint_and_resuming_matches_the_uninterrupted_run
     with pytest.raises(KeyboardInterrupt) as info:
         train_like_the_notebook(make_trainer(tmp_path, callbacks=[press_ctrl_c]))
     assert "Training interrupted at step 3; checkpoint saved in" in str(info.value)
-    assert "Re-run this cell to resume" in str(info.value)
+    assert "Re-run this cell (or the same command) to resume" in str(info.value)
     assert callbacks.checkpoint_problem(tmp_path / "checkpoint-3") is None
     assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
     counter = CountSteps()
@@ -642,7 +642,7 @@ def test_keyboard_interrupt_mid_step_points_to_the_last_good_checkpoint(tmp_path
         os.kill(os.getpid(), signal.SIGINT)
 
     handler_before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt, match=r"stopped mid-step\. Re-run this cell to resume from .*checkpoint-2"):
+    with pytest.raises(KeyboardInterrupt, match=r"stopped mid-step\. Re-run this cell \(or the same command\) to resume from .*checkpoint-2"):
         train_like_the_notebook(make_trainer(tmp_path, callbacks=[AtStep(3, interrupt)]))
     assert signal.getsignal(signal.SIGINT) is handler_before
 
