@@ -6,7 +6,7 @@ import functools
 import json
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 
 from helpers.memory import (
@@ -17,6 +17,7 @@ from helpers.memory import (
     shape_of,
 )
 from helpers.models import LLAMA_3_2_1B, llama_config
+from helpers.recipe import lora_config
 
 # GPU memory roughly as nvidia-smi reports it, in MiB, and whether the GPU computes in bf16 natively.
 GPUS = {
@@ -55,8 +56,7 @@ def lora_trainable_params(spec: dict, r: int, target_modules: str | list[str] = 
 @functools.cache  # a second call with the same shape, rank and targets is free (PEFT takes up to 1.5 s on 8B)
 def _peft_count(spec_json: str, r: int, targets: str | tuple[str, ...]) -> int:
     """lora_trainable_params for a shape given as JSON (hashable, so the count is computed once)."""
-    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets if isinstance(targets, str) else list(targets),
-                        task_type="CAUSAL_LM")
+    config = lora_config(r=r, lora_alpha=2 * r, target_modules=targets if isinstance(targets, str) else list(targets))
     with torch.device("meta"):
         return count_parameters(get_peft_model(meta_model(json.loads(spec_json)), config))[0]
 

@@ -87,7 +87,7 @@ def _changed_and_loaded(before: dict[str, str], after: dict[str, str]) -> list[s
 def install_missing(
     path: str | Path = REQUIREMENTS, run: Callable[[list[str]], object] = subprocess.check_call
 ) -> list[str]:
-    """Install what plan_installs() lists, with pip held to the installed torch; return what was installed.
+    """Install what _plan_installs() lists, with pip held to the installed torch; return what was installed.
 
     Raises RestartNeeded, once, if pip replaced any distribution (a pin or a dependency it upgraded on the way)
     whose modules the kernel had already imported; RuntimeError with the fix if pip fails.

@@ -349,12 +349,20 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+_REPLY = "Fine"  # the assistant's words in the probe exchange below
+
+
+def _rendered_exchange(tokenizer: PreTrainedTokenizerBase) -> str:
+    """One user message and one assistant reply, as the tokenizer's chat template writes them."""
+    messages = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": _REPLY}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, **CHAT_TEMPLATE_KWARGS)
+
+
 def end_of_turn(tokenizer: PreTrainedTokenizerBase) -> str:
     """The special token the chat template writes after an assistant message: Llama 3's <|eot_id|>, ChatML's
     <|im_end|>. Generation stops on it, and training must teach it (so it may never be the pad token)."""
-    messages = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Fine"}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, **CHAT_TEMPLATE_KWARGS)
-    after = text[text.rindex("Fine") + len("Fine") :]
+    text = _rendered_exchange(tokenizer)
+    after = text[text.rindex(_REPLY) + len(_REPLY) :]
     specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special} | set(tokenizer.all_special_tokens)
     found = sorted((after.find(t), -len(t), t) for t in specials if t and t in after)
     if not found:
@@ -380,8 +388,7 @@ def safe_pad_token(tokenizer: PreTrainedTokenizerBase, path: str = "this tokeniz
     """A token that can pad: in the vocabulary, not a stop token, not the start of text, not written by the chat
     template. Llama 3's reserved <|finetune_right_pad_id|> first; ValueError with the fix when none exists."""
     vocab, stops = tokenizer.get_vocab(), set(stop_token_ids(tokenizer))
-    messages = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Fine"}]
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, **CHAT_TEMPLATE_KWARGS)
+    rendered = _rendered_exchange(tokenizer)
     for token in (PAD_TOKEN, tokenizer.pad_token, "<|endoftext|>", "<pad>", "[PAD]", "<|pad|>", tokenizer.unk_token):
         if token and token in vocab and vocab[token] not in stops and token != tokenizer.bos_token and token not in rendered:
             return token

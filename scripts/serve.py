@@ -109,6 +109,11 @@ def _number(low: float, high: float):
     return lambda v: isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high
 
 
+def _whole(v: object) -> bool:
+    """Whether a value is a whole number (not a bool)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _json_object(text: object) -> bool:
     """Whether text is a string holding a JSON object."""
     try:
@@ -121,14 +126,13 @@ def _json_object(text: object) -> bool:
 FIELDS = {
     "model": (lambda v: isinstance(v, str), "a string: the model name printed at start"),
     "stream": (lambda v: isinstance(v, bool), "true or false"),
-    "max_tokens": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number of tokens, at least 1"),
-    "max_completion_tokens": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                              "a whole number of tokens, at least 1"),
+    "max_tokens": (lambda v: _whole(v) and v >= 1, "a whole number of tokens, at least 1"),
+    "max_completion_tokens": (lambda v: _whole(v) and v >= 1, "a whole number of tokens, at least 1"),
     "temperature": (_number(0, 2), "a number from 0 to 2"),
     "top_p": (_number(0, 1), "a number from 0 to 1"),
     "frequency_penalty": (lambda v: _number(-2, 2)(v) and v > -1,  # transformers serve: repetition_penalty = 1 + v > 0
                           "a number above -1 and at most 2 (this server turns it into a repetition penalty of 1 + it)"),
-    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "seed": (_whole, "a whole number"),
     "stop": (lambda v: isinstance(v, str) or (isinstance(v, list) and 0 < len(v) <= 4 and all(isinstance(x, str) for x in v)),
              "a string or a list of up to 4 strings"),
     "logit_bias": (lambda v: isinstance(v, dict) and all(k.lstrip("-").isdigit() and _number(-100, 100)(x) for k, x in v.items()),

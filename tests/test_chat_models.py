@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import test_foreign_data
 import test_serve
 import torch
-from conftest import load_script
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -127,28 +123,12 @@ def test_the_training_script_trains_a_chatml_model(chatml, tmp_path):
 
 
 def test_the_local_api_answers_for_a_chatml_model(chatml, tmp_path):
-    """scripts/serve.py on the ChatML folder: a reply, a clean 4xx for a bad role, and the server goes on."""
-    serve = load_script("serve")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, serve.__file__, "--model", chatml, "--port", str(port)], cwd=ROOT,
-                                   env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while "Serving" not in log.read_text():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.1)
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    """scripts/serve.py on the ChatML folder: a reply, and a clean 400 naming the field for a bad role."""
+    with test_serve.serving(chatml, tmp_path / "server.log") as base:
+        url = f"{base}/chat/completions"
         good = {"model": chatml, "messages": [{"role": "user", "content": "Where is order 48213?"}], "max_tokens": 4}
         status, body = test_serve.post(url, json.dumps(good).encode())
         assert status == 200 and isinstance(json.loads(body)["choices"][0]["message"]["content"], str), body
         bad = {**good, "messages": [{"role": "boss", "content": "hi"}]}
         status, body = test_serve.post(url, json.dumps(bad).encode())
         assert status == 400 and json.loads(body)["error"]["param"] == "messages[0].role"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)

@@ -5,6 +5,7 @@ One server process with the tiny model serves every request test; it is stopped 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,15 +55,14 @@ def chat(url: str, **body) -> tuple[int, str]:
     return post(f"{url}/chat/completions", json.dumps({"model": MODEL, **body}).encode())
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The base URL of scripts/serve.py serving the tiny model on a free port."""
+@contextlib.contextmanager
+def serving(model: str, log: Path):
+    """scripts/serve.py serving model on a free port, until the with-block ends: its base URL."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}  # the machine is shared
     with log.open("w") as out:
         process = subprocess.Popen(
-            [*SERVE, "--model", MODEL, "--port", str(port)],
+            [*SERVE, "--model", model, "--port", str(port)],
             cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
@@ -79,6 +80,13 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The base URL of scripts/serve.py serving the tiny model on a free port."""
+    with serving(MODEL, tmp_path_factory.mktemp("serve") / "server.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
