@@ -54,7 +54,11 @@ def check_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     stops = stop_token_ids(tokenizer)
     problems = []
     if tokenizer.pad_token_id is None:
-        problems.append("the tokenizer has no pad token (load it with helpers.models.load_tokenizer, which picks a safe one)")
+        problems.append(
+            "the tokenizer has no pad token (no token in its vocabulary can pad safely): add one, "
+            "tokenizer.add_special_tokens({'pad_token': '<|pad|>'}), then model.resize_token_embeddings(len(tokenizer)) "
+            "if len(tokenizer) is larger than the embedding (helpers.models.add_pad_token does both)"
+        )
     elif tokenizer.pad_token_id in stops:
         problems.append(
             f"the pad token {tokenizer.pad_token!r} is a stop token, so its labels are masked and the model never "
@@ -124,9 +128,11 @@ def _base_of(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _weight_sample(model: torch.nn.Module, n: int = 1024) -> list[float]:
-    """n evenly spaced values of the input embedding matrix (never touched by LoRA), as floats."""
-    weight = _base_of(model).get_input_embeddings().weight.detach().flatten()
+def _weight_sample(model: torch.nn.Module, n: int = 1024, rows: str = "first half") -> list[float]:
+    """n evenly spaced values of the input embedding (never touched by LoRA), as floats. "first half": ordinary
+    tokens only, since a pad token added for fine-tuning gets a new last row; "all": fingerprints saved before."""
+    weight = _base_of(model).get_input_embeddings().weight.detach()
+    weight = (weight[: max(1, len(weight) // 2)] if rows == "first half" else weight).flatten()
     step = max(1, weight.numel() // n)
     return weight[::step][:n].float().cpu().tolist()
 
@@ -138,6 +144,7 @@ def save_base_fingerprint(adapter_dir: str | Path, model: torch.nn.Module) -> Pa
         "name_or_path": base.name_or_path or None,
         "config": {k: getattr(base.config, k, None) for k in _FINGERPRINT_CONFIG_KEYS},
         "embedding_sample": _weight_sample(base),
+        "sample_rows": "first half",
     }
     path = Path(adapter_dir) / FINGERPRINT_FILE
     path.write_text(json.dumps(fingerprint), encoding="utf-8")
@@ -177,7 +184,7 @@ def check_adapter_base(adapter_dir: str | Path, base_model: PreTrainedModel) -> 
         if differ:
             raise ValueError(f"The adapter in {adapter_dir} was trained on a base with {', '.join(differ)}. {how}")
         saved = torch.tensor(fingerprint["embedding_sample"])
-        now = torch.tensor(_weight_sample(base_model, len(saved)))
+        now = torch.tensor(_weight_sample(base_model, len(saved), fingerprint.get("sample_rows", "all")))
         if now.shape != saved.shape or (now - saved).abs().max() > 1e-2 * saved.abs().max():
             raise ValueError(
                 f"The adapter in {adapter_dir} was trained on a base with the same shapes but different weights "

@@ -140,8 +140,9 @@ def copy_probe(
         raise ValueError("copy_probe needs a pool of strings that are one token each; check the pool and tokenizer.")
     pool_ids = torch.tensor([ids[0] for ids in pool_ids])
     strings = pool_ids[torch.randint(len(pool_ids), (n, length), generator=rng)]
-    bos = torch.full((n, 1), tokenizer.bos_token_id)
-    ids = torch.cat([bos, strings, strings], dim=1).to(device)
+    # a first token that is never predicted: the start of text, or end of sequence where a model has none (ChatML)
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    ids = torch.cat([torch.full((n, 1), start), strings, strings], dim=1).to(device)
     logits = model(input_ids=ids).logits.float()
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
     # loss[:, t] predicts token t + 1: tokens 2..length are the first copy, length + 2..2 * length the second

@@ -14,6 +14,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
@@ -338,13 +339,15 @@ def is_current_build(path: Path, **body) -> bool:
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    """Load a tokenizer and apply the training rules: a pad token that is not a stop token, right padding."""
+    """Load a tokenizer and apply the training rules: a pad token that is not a stop token, right padding.
+
+    Where no token in the vocabulary can pad safely, the pad is left unset: add one with add_pad_token."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.chat_template is None:
         raise ValueError(f"The tokenizer of {path} {NO_TEMPLATE_HELP}")
     stops = stop_token_ids(tokenizer)
     if tokenizer.pad_token is None or tokenizer.pad_token_id in stops:
-        tokenizer.pad_token = safe_pad_token(tokenizer, path)
+        tokenizer.pad_token = safe_pad_token(tokenizer)
     tokenizer.padding_side = "right"
     return tokenizer
 
@@ -384,19 +387,30 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return ids
 
 
-def safe_pad_token(tokenizer: PreTrainedTokenizerBase, path: str = "this tokenizer") -> str:
+def safe_pad_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
     """A token that can pad: in the vocabulary, not a stop token, not the start of text, not written by the chat
-    template. Llama 3's reserved <|finetune_right_pad_id|> first; ValueError with the fix when none exists."""
+    template. Llama 3's reserved <|finetune_right_pad_id|> first; None when no token can (add one: add_pad_token)."""
     vocab, stops = tokenizer.get_vocab(), set(stop_token_ids(tokenizer))
     rendered = _rendered_exchange(tokenizer)
     for token in (PAD_TOKEN, tokenizer.pad_token, "<|endoftext|>", "<pad>", "[PAD]", "<|pad|>", tokenizer.unk_token):
         if token and token in vocab and vocab[token] not in stops and token != tokenizer.bos_token and token not in rendered:
             return token
-    raise ValueError(
-        f"{path}: no token can pad safely: the pad token {tokenizer.pad_token!r} ends a turn, and masking it would "
-        "teach the model never to stop. Fix: tokenizer.add_special_tokens({'pad_token': '<|pad|>'}), then "
-        "model.resize_token_embeddings(len(tokenizer)) if len(tokenizer) is now larger than the model's vocabulary."
-    )
+    return None
+
+
+NEW_PAD_TOKEN = "<|pad|>"  # the pad token added where a vocabulary has none that can pad safely
+
+
+def add_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Where load_tokenizer found no safe pad, add <|pad|>; grow the embedding if the tokenizer outgrew it.
+
+    The training notebooks write these steps in section 2; scripts call this. Returns whether the embedding grew."""
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": NEW_PAD_TOKEN})
+    if len(tokenizer) <= model.get_input_embeddings().num_embeddings:
+        return False
+    model.resize_token_embeddings(len(tokenizer))
+    return True
 
 
 def keep_4bit_layers_trainable(model: torch.nn.Module) -> int:

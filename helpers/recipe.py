@@ -6,11 +6,11 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedTokenizerBase
 from trl import SFTConfig
 
 from helpers.hardware import Hardware
-from helpers.models import keep_4bit_layers_trainable
+from helpers.models import add_pad_token, keep_4bit_layers_trainable
 
 METHODS = ("full", "lora", "qlora")
 LEARNING_RATES = {  # (tiny profile, real model): full fine-tuning ~10x lower than LoRA
@@ -49,8 +49,11 @@ def bnb_config(compute_dtype: torch.dtype) -> BitsAndBytesConfig:
 def load_model(
     method: str, path: str, dtype: torch.dtype, device: str | int, seed: int,
     lora_dropout: float = 0.0, attention: str = "sdpa", upcast: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> torch.nn.Module:
     """The base model for a method, with LoRA adapters for lora and qlora (4-bit NF4 base for qlora).
+
+    tokenizer: where its vocabulary has no safe pad, add_pad_token adds one first, as notebooks 1-3 do.
 
     qlora, as notebook 3: prepare_model_for_kbit_training casts the embedding and norms to float32; they stay
     frozen, so they go back to dtype, the compute dtype (upcast=True keeps PEFT's float32: the benchmark's
@@ -58,8 +61,8 @@ def load_model(
     """
     torch.manual_seed(seed)
     if method == "full":  # float32 master weights
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attention)
-    if method == "lora":
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attention)
+    elif method == "lora":
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention)
     else:
         model = AutoModelForCausalLM.from_pretrained(
@@ -67,6 +70,11 @@ def load_model(
             device_map={"": device},  # one copy per process
             attn_implementation=attention,
         )
+    if tokenizer is not None:
+        add_pad_token(model, tokenizer)
+    if method == "full":
+        return model
+    if method == "qlora":
         keep_4bit_layers_trainable(model)  # CPU only: see notebook 3
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         if not upcast:

@@ -211,7 +211,7 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     device = 0 if hardware.device_type == "cuda" else "cpu"
     model = load_model(
         method, choice.path, precision.torch_dtype, device, knobs["seed"],
-        lora_dropout=knobs["lora_dropout"], attention=knobs["attention"], upcast=knobs["upcast"],
+        lora_dropout=knobs["lora_dropout"], attention=knobs["attention"], upcast=knobs["upcast"], tokenizer=tokenizer,
     )
     if knobs["gradient_checkpointing"] and method != "full":
         model.enable_input_require_grads()  # checkpointed LoRA layers need a gradient path from the inputs

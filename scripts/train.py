@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
 
     tokenizer = load_tokenizer(choice.path)
     device = (state.device.index or 0) if state.device.type == "cuda" else "cpu"  # this process's GPU
-    model = load_model(args.method, choice.path, precision.torch_dtype, device, args.seed)
-    model.config.pad_token_id = tokenizer.pad_token_id  # as the notebooks: the pad load_tokenizer chose
+    model = load_model(args.method, choice.path, precision.torch_dtype, device, args.seed, tokenizer=tokenizer)
+    model.config.pad_token_id = tokenizer.pad_token_id  # as the notebooks: the pad load_tokenizer chose or added
     check_special_tokens(model, tokenizer)
     sizes = {"train": args.train_examples, "validation": args.eval_examples, "test": args.test_examples}
     raw = load_dataset_any(args.data, args.column_map, {k: n for k, n in sizes.items() if n})  # as the notebooks' DATA

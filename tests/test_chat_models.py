@@ -8,17 +8,27 @@ import os
 import subprocess
 import sys
 
+import nbformat
 import pytest
 import test_foreign_data
+import test_gpu_check
 import test_serve
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from helpers import ROOT
+from helpers.checks import check_special_tokens
 from helpers.data import load_support, to_conversational
 from helpers.masking import tokenize_with_mask
-from helpers.models import CHAT_TEMPLATE_KWARGS, end_of_turn, load_tokenizer, safe_pad_token, stop_token_ids
+from helpers.models import (
+    CHAT_TEMPLATE_KWARGS,
+    add_pad_token,
+    end_of_turn,
+    load_tokenizer,
+    safe_pad_token,
+    stop_token_ids,
+)
 
 CHATML = (
     "{%- for message in messages %}"
@@ -29,13 +39,14 @@ CHATML = (
 SPECIAL = ["<|im_end|>", "<|im_start|>", "<|endoftext|>"]  # <|im_end|> is id 0
 
 
-def build_chatml_model(folder) -> str:
-    """A 2-layer Llama body with a ChatML tokenizer trained on the course's data; pad = eos = <|im_end|>."""
+def build_chatml_model(folder, special: list[str] = SPECIAL) -> str:
+    """A 2-layer Llama body with a ChatML tokenizer trained on the course's data; pad = eos = <|im_end|>.
+    Its embedding has one row per token: no row to spare."""
     rows = [json.loads(line) for line in (ROOT / "data" / "support" / "train.jsonl").read_text().splitlines()[:800]]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1200, special_tokens=SPECIAL,
+    trainer = trainers.BpeTrainer(vocab_size=1200, special_tokens=special,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([r["prompt"] for r in rows] + [r["completion"] for r in rows], trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>",
@@ -58,6 +69,12 @@ def chatml(tmp_path_factory) -> str:
     return build_chatml_model(tmp_path_factory.mktemp("chatml-model"))
 
 
+@pytest.fixture(scope="module")
+def chatml_no_pad(tmp_path_factory) -> str:
+    """As chatml, without <|endoftext|>: no token in its vocabulary can pad safely."""
+    return build_chatml_model(tmp_path_factory.mktemp("chatml-no-pad"), special=["<|im_end|>", "<|im_start|>"])
+
+
 def test_end_of_turn_stops_and_pad_come_from_the_tokenizer(chatml):
     tokenizer = load_tokenizer(chatml)
     assert end_of_turn(tokenizer) == "<|im_end|>"
@@ -67,13 +84,25 @@ def test_end_of_turn_stops_and_pad_come_from_the_tokenizer(chatml):
     assert end_of_turn(llama) == "<|eot_id|>" and llama.pad_token == "<|finetune_right_pad_id|>"
 
 
-def test_a_model_with_no_safe_pad_gets_the_fix(chatml):
-    tokenizer = load_tokenizer(chatml)
-    tokenizer.pad_token = "<|im_end|>"
-    vocab = tokenizer.get_vocab()
-    tokenizer.get_vocab = lambda: {k: v for k, v in vocab.items() if k != "<|endoftext|>"}  # as if it had none
-    with pytest.raises(ValueError, match=r"no token can pad safely.*add_special_tokens\(\{'pad_token'"):
-        safe_pad_token(tokenizer, "a ChatML model")
+def test_a_model_with_no_safe_pad_gets_the_fix(chatml_no_pad):
+    """load_tokenizer leaves the pad unset, the check names the fix, add_pad_token applies it as the notebooks do."""
+    tokenizer = load_tokenizer(chatml_no_pad)
+    assert safe_pad_token(tokenizer) is None and tokenizer.pad_token is None
+    model = LlamaForCausalLM.from_pretrained(chatml_no_pad)
+    with pytest.raises(ValueError, match=r"no pad token.*add_special_tokens\(\{'pad_token'.*resize_token_embeddings"):
+        check_special_tokens(model, tokenizer)
+    rows = model.get_input_embeddings().num_embeddings
+    assert add_pad_token(model, tokenizer) is True  # no row to spare: the embedding grew by one
+    assert tokenizer.pad_token == "<|pad|>" and tokenizer.pad_token_id == rows
+    assert model.get_input_embeddings().num_embeddings == rows + 1 == model.config.vocab_size
+    model.config.pad_token_id = tokenizer.pad_token_id
+    check_special_tokens(model, tokenizer)
+    assert add_pad_token(model, tokenizer) is False  # once is enough
+    spare = LlamaForCausalLM.from_pretrained(chatml_no_pad)
+    spare.resize_token_embeddings(rows + 8)  # a model with rows to spare, as many ship
+    fresh = load_tokenizer(chatml_no_pad)
+    assert add_pad_token(spare, fresh) is False and fresh.pad_token == "<|pad|>"
+    assert spare.get_input_embeddings().num_embeddings == rows + 8
 
 
 def test_the_answer_mask_equals_trls_labels(chatml):
@@ -102,18 +131,38 @@ def test_generation_stops_at_its_end_of_turn(chatml):
     assert out.shape[1] == prompt["input_ids"].shape[1] + 1  # one token, the end of turn, then it stopped
 
 
-def test_notebook_2_runs_to_the_end_on_a_chatml_model(chatml, tmp_path):
+def test_notebook_2_runs_to_the_end_on_a_chatml_model(chatml_no_pad, tmp_path):
+    """The ChatML model with no safe pad: section 2 adds <|pad|>, and the adapter saves, reloads and merges."""
     done, summary, nb = test_foreign_data.run_notebook_2(tmp_path, "support", COURSE_PROFILE="hub",
-                                                         COURSE_MODEL_ID=chatml)
+                                                         COURSE_MODEL_ID=chatml_no_pad)
     assert done.returncode == 0 and summary["ok"], done.stdout[-3000:] + done.stderr[-3000:]
+    loaded = test_foreign_data.cell_text(nb, "model.resize_token_embeddings(len(tokenizer))")
+    assert "pad '<|pad|>' (id 1200), end of turn '<|im_end|>' (id 0)" in loaded, loaded
     results = json.loads((tmp_path / "results" / "lora.json").read_text())
-    assert results["profile"] == "hub" and results["model_id"] == chatml
+    assert results["profile"] == "hub" and results["model_id"] == chatml_no_pad
 
 
-def test_the_training_script_trains_a_chatml_model(chatml, tmp_path):
-    """scripts/train.py on the hub profile with a local ChatML folder: the same recipe, its own special tokens."""
+@pytest.mark.parametrize("notebook", ["01_full_finetuning", "03_qlora"])
+def test_notebooks_1_and_3_add_the_pad_token_as_notebook_2(notebook, chatml_no_pad, tmp_path):
+    """The same section 2 in the other two: full fine-tuning saves the grown embedding; QLoRA grows it on the
+    4-bit model, and its reload and the three merges grow theirs to match."""
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    done = test_gpu_check.run_course(
+        "--out", str(out), "--summary", str(summary), "--no-compare", str(ROOT / "notebooks" / f"{notebook}.ipynb"),
+        cwd=ROOT, COURSE_PROFILE="hub", COURSE_MODEL_ID=chatml_no_pad, COURSE_SMOKE="1", TQDM_DISABLE="1",
+        COURSE_RESULTS_DIR=str(tmp_path / "results"), COURSE_OUTPUT_DIR=str(tmp_path / "outputs"),
+    )
+    assert done.returncode == 0 and json.loads(summary.read_text())["ok"], done.stdout[-3000:] + done.stderr[-3000:]
+    executed = nbformat.read(out / f"{notebook}.ipynb", as_version=4)
+    loaded = test_foreign_data.cell_text(executed, "model.resize_token_embeddings(len(tokenizer))")
+    assert "pad '<|pad|>' (id 1200)" in loaded, loaded
+
+
+def test_the_training_script_trains_a_chatml_model(chatml_no_pad, tmp_path):
+    """scripts/train.py on the hub profile with a local ChatML folder: the same recipe, its own special tokens,
+    and the pad token added as notebook 2 adds it."""
     command = [sys.executable, str(ROOT / "scripts" / "train.py"), "--method", "lora", "--profile", "hub",
-               "--model-id", chatml, "--train-examples", "16", "--eval-examples", "4", "--test-examples", "2",
+               "--model-id", chatml_no_pad, "--train-examples", "16", "--eval-examples", "4", "--test-examples", "2",
                "--max-steps", "2", "--output-dir", str(tmp_path / "run")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
                           env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"})
