@@ -182,6 +182,11 @@ def benchmark_findings(run: dict) -> list[str]:
     return lines
 
 
+def same_machine(run: dict, result: dict) -> bool:
+    """Whether a benchmark run and a results file come from the same profile and kind of device."""
+    return run["profile"] == result["profile"] and run["hardware"].split()[0] == result["device"].split()[0]
+
+
 def seed_noise(run: dict) -> float | None:
     """The largest speed change a second seed alone gave in a benchmark run (|naive, seed 43 / naive - 1|), or None."""
     by_row = {(r["method"], r["row"]): r for r in run["rows"] if "error" not in r}

@@ -352,16 +352,7 @@ class MemoryTracker:
 
     def callback(self, name: str = "train") -> TrainerCallback:
         """A TrainerCallback that measures one phase from the start of trainer.train() to its end."""
-        tracker = self
-
-        class MeasureMemory(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
-                tracker.start(name)
-
-            def on_train_end(self, args, state, control, **kwargs):
-                tracker.stop(name)
-
-        return MeasureMemory()
+        return MeasureMemory(self, name)
 
     def start(self, name: str) -> None:
         """Start measuring a phase: reset the CUDA allocator's peaks, or start sampling the process's memory."""
@@ -446,3 +437,16 @@ def _format_value(value: object) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k} {_format_value(v)}" for k, v in value.items())
     return str(value)
+
+
+class MeasureMemory(TrainerCallback):
+    """Measures one MemoryTracker phase from the start of trainer.train() to its end (MemoryTracker.callback)."""
+
+    def __init__(self, tracker: MemoryTracker, name: str) -> None:
+        self.tracker, self.name = tracker, name
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.tracker.start(self.name)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.tracker.stop(self.name)

@@ -230,6 +230,20 @@ def test_memory_tracker_cpu_sees_a_200_mb_tensor_freed_inside_the_phase():
     assert not _tracker_threads()
 
 
+def test_memory_tracker_callback_measures_from_train_begin_to_train_end():
+    """What the notebooks pass to the trainer: tracker.callback("train") opens the phase and closes it."""
+    tracker = MemoryTracker("cpu")
+    callback = tracker.callback("train")
+    callback.on_train_begin(None, None, None)
+    big = torch.ones(50_000_000)
+    time.sleep(0.15)
+    callback.on_train_end(None, None, None)
+    del big
+    result = tracker.results["train"]
+    assert result["peak_bytes"] - result["start_bytes"] > 190 * MB
+    assert not _tracker_threads()
+
+
 def test_memory_tracker_keeps_the_measurement_when_the_phase_raises():
     tracker = MemoryTracker("cpu")
     with pytest.raises(RuntimeError, match="out of patience"):

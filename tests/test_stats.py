@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from helpers.compare import course_speeds, recommend, seed_noise
+from helpers.compare import course_speeds, recommend, same_machine, seed_noise
 from helpers.stats import differs, mcnemar_exact, paired, paired_difference
 
 
@@ -64,6 +64,13 @@ def test_seed_noise_is_the_largest_gap_a_second_seed_gave():
     ]}
     assert seed_noise(run) == pytest.approx(0.05)
     assert seed_noise({"rows": []}) is None
+
+
+def test_same_machine_needs_the_profile_and_the_kind_of_device():
+    run = {"profile": "tiny", "hardware": "cpu (2 cores, 23.5 GiB RAM), fp32"}
+    assert same_machine(run, {"profile": "tiny", "device": "cpu (16 cores), fp32"})
+    assert not same_machine(run, {"profile": "llama-3.2-1b-random", "device": "cpu (2 cores), fp32"})
+    assert not same_machine(run, {"profile": "tiny", "device": "cuda NVIDIA H200, bf16"})
 
 
 def test_course_speeds_take_the_row_with_todays_qlora_recipe():
