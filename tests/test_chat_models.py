@@ -14,6 +14,7 @@ import test_foreign_data
 import test_gpu_check
 import test_serve
 import torch
+from safetensors import safe_open
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -140,6 +141,9 @@ def test_notebook_2_runs_to_the_end_on_a_chatml_model(chatml_no_pad, tmp_path):
     assert "pad '<|pad|>' (id 1200), end of turn '<|im_end|>' (id 0)" in loaded, loaded
     results = json.loads((tmp_path / "results" / "lora.json").read_text())
     assert results["profile"] == "hub" and results["model_id"] == chatml_no_pad
+    with safe_open(tmp_path / "outputs" / "lora-adapter" / "adapter_model.safetensors", "pt") as adapter:
+        saved = set(adapter.keys())  # PEFT saw the grown vocabulary and saved the embedding with the adapter
+    assert {"base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight"} <= saved
 
 
 @pytest.mark.parametrize("notebook", ["01_full_finetuning", "03_qlora"])
