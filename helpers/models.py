@@ -387,18 +387,18 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return ids
 
 
+NEW_PAD_TOKEN = "<|pad|>"  # the pad token added where a vocabulary has none that can pad safely
+
+
 def safe_pad_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
     """A token that can pad: in the vocabulary, not a stop token, not the start of text, not written by the chat
     template. Llama 3's reserved <|finetune_right_pad_id|> first; None when no token can (add one: add_pad_token)."""
     vocab, stops = tokenizer.get_vocab(), set(stop_token_ids(tokenizer))
     rendered = _rendered_exchange(tokenizer)
-    for token in (PAD_TOKEN, tokenizer.pad_token, "<|endoftext|>", "<pad>", "[PAD]", "<|pad|>", tokenizer.unk_token):
+    for token in (PAD_TOKEN, tokenizer.pad_token, "<|endoftext|>", "<pad>", "[PAD]", NEW_PAD_TOKEN, tokenizer.unk_token):
         if token and token in vocab and vocab[token] not in stops and token != tokenizer.bos_token and token not in rendered:
             return token
     return None
-
-
-NEW_PAD_TOKEN = "<|pad|>"  # the pad token added where a vocabulary has none that can pad safely
 
 
 def add_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> bool:

@@ -48,12 +48,12 @@ def bnb_config(compute_dtype: torch.dtype) -> BitsAndBytesConfig:
 
 def load_model(
     method: str, path: str, dtype: torch.dtype, device: str | int, seed: int,
-    lora_dropout: float = 0.0, attention: str = "sdpa", upcast: bool = False,
-    tokenizer: PreTrainedTokenizerBase | None = None,
+    lora_dropout: float = 0.0, attention: str = "sdpa", upcast: bool = False, *,
+    tokenizer: PreTrainedTokenizerBase,
 ) -> torch.nn.Module:
     """The base model for a method, with LoRA adapters for lora and qlora (4-bit NF4 base for qlora).
 
-    tokenizer: where its vocabulary has no safe pad, add_pad_token adds one first, as notebooks 1-3 do.
+    tokenizer: the one load_tokenizer gave; where it has no safe pad, add_pad_token adds one, as notebooks 1-3 do.
 
     qlora, as notebook 3: prepare_model_for_kbit_training casts the embedding and norms to float32; they stay
     frozen, so they go back to dtype, the compute dtype (upcast=True keeps PEFT's float32: the benchmark's
@@ -70,8 +70,7 @@ def load_model(
             device_map={"": device},  # one copy per process
             attn_implementation=attention,
         )
-    if tokenizer is not None:
-        add_pad_token(model, tokenizer)
+    add_pad_token(model, tokenizer)
     if method == "full":
         return model
     if method == "qlora":

@@ -8,10 +8,8 @@ import os
 import subprocess
 import sys
 
-import nbformat
 import pytest
 import test_foreign_data
-import test_gpu_check
 import test_serve
 import torch
 from safetensors import safe_open
@@ -150,14 +148,9 @@ def test_notebook_2_runs_to_the_end_on_a_chatml_model(chatml_no_pad, tmp_path):
 def test_notebooks_1_and_3_add_the_pad_token_as_notebook_2(notebook, chatml_no_pad, tmp_path):
     """The same section 2 in the other two: full fine-tuning saves the grown embedding; QLoRA grows it on the
     4-bit model, and its reload and the three merges grow theirs to match."""
-    out, summary = tmp_path / "out", tmp_path / "summary.json"
-    done = test_gpu_check.run_course(
-        "--out", str(out), "--summary", str(summary), "--no-compare", str(ROOT / "notebooks" / f"{notebook}.ipynb"),
-        cwd=ROOT, COURSE_PROFILE="hub", COURSE_MODEL_ID=chatml_no_pad, COURSE_SMOKE="1", TQDM_DISABLE="1",
-        COURSE_RESULTS_DIR=str(tmp_path / "results"), COURSE_OUTPUT_DIR=str(tmp_path / "outputs"),
-    )
-    assert done.returncode == 0 and json.loads(summary.read_text())["ok"], done.stdout[-3000:] + done.stderr[-3000:]
-    executed = nbformat.read(out / f"{notebook}.ipynb", as_version=4)
+    done, summary, executed = test_foreign_data.run_notebook_2(tmp_path, "support", notebook, COURSE_PROFILE="hub",
+                                                               COURSE_MODEL_ID=chatml_no_pad)
+    assert done.returncode == 0 and summary["ok"], done.stdout[-3000:] + done.stderr[-3000:]
     loaded = test_foreign_data.cell_text(executed, "model.resize_token_embeddings(len(tokenizer))")
     assert "pad '<|pad|>' (id 1200)" in loaded, loaded
 

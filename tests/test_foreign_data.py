@@ -70,17 +70,17 @@ def test_results_scored_with_different_metrics_are_not_compared(dirs):
 
 
 def run_notebook_2(
-    tmp_path: Path, data: Path | str, **env: str
+    tmp_path: Path, data: Path | str, notebook: str = "02_lora", **env: str
 ) -> tuple[subprocess.CompletedProcess, dict, nbformat.NotebookNode]:
-    """Notebook 2 under the smoke budget (tiny profile unless env says otherwise) with COURSE_DATA=data:
-    (process, summary, executed copy)."""
+    """Notebook 2 (or another training notebook) under the smoke budget (tiny profile unless env says otherwise)
+    with COURSE_DATA=data: (process, summary, executed copy)."""
     out, summary = tmp_path / "out", tmp_path / "summary.json"
     done = test_gpu_check.run_course(
-        "--out", str(out), "--summary", str(summary), "--no-compare", str(test_gpu_check.ROOT / "notebooks" / "02_lora.ipynb"),
+        "--out", str(out), "--summary", str(summary), "--no-compare", str(test_gpu_check.ROOT / "notebooks" / f"{notebook}.ipynb"),
         cwd=test_gpu_check.ROOT, **{"COURSE_PROFILE": "tiny", **env}, COURSE_SMOKE="1", COURSE_DATA=str(data),
         TQDM_DISABLE="1", COURSE_RESULTS_DIR=str(tmp_path / "results"), COURSE_OUTPUT_DIR=str(tmp_path / "outputs"),
     )
-    return done, json.loads(summary.read_text()), nbformat.read(out / "02_lora.ipynb", as_version=4)
+    return done, json.loads(summary.read_text()), nbformat.read(out / f"{notebook}.ipynb", as_version=4)
 
 
 def cell_text(nb: nbformat.NotebookNode, needle: str) -> str:
