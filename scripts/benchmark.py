@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -244,7 +245,10 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     if args.memory_snapshot:  # every CUDA allocation and free from here, with the Python lines that asked for it
         torch.cuda.memory._record_memory_history(context="alloc", stacks="python", max_entries=SNAPSHOT_ENTRIES)
     with tracker.phase("train"):
-        output = trainer.train()
+        try:
+            output = trainer.train()
+        finally:  # save_strategy="no": the trainer's folder holds nothing to keep
+            shutil.rmtree(training_args.output_dir, ignore_errors=True)
     breakdown = None
     if args.memory_snapshot:
         breakdown = peak_breakdown(torch.cuda.memory._snapshot(), SNAPSHOT_ENTRIES)

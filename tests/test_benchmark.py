@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -78,11 +79,14 @@ def test_padding_free_batch_gives_each_example_the_loss_of_a_padded_batch(train_
 def test_benchmark_smoke_writes_rows_and_keeps_other_runs(tmp_path):
     out = tmp_path / "benchmark.json"
     out.write_text(json.dumps({"runs": {"llama-3.2-1b-random on Some GPU": {"rows": []}}}))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--smoke", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "TMPDIR": str(scratch)},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not list(scratch.glob("bench-*")), "a row left its trainer folder behind"
     runs = json.loads(out.read_text())["runs"]
     assert set(runs) == {"llama-3.2-1b-random on Some GPU", "tiny on cpu (smoke)"}
     run = runs["tiny on cpu (smoke)"]
