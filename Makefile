@@ -32,9 +32,11 @@ test: $(STAMP)
 	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=15 tests notebooks
 
 # The course's training recipe against the pipeline a learner would copy, one knob at a time (tiny profile, every
-# row in its own process) -> results/benchmark.json, which notebook 4 shows. About 4.5 minutes on 2 CPU cores.
+# row in its own process) -> results/benchmark.json, which notebook 4 shows, then README's tables from it. 2.5 to 4.5
+# minutes on 2 CPU cores (AVX-512 to AVX2).
 bench: $(STAMP)
 	TQDM_DISABLE=1 $(PY) scripts/benchmark.py
+	$(PY) scripts/benchmark.py --readme
 
 # An OpenAI-compatible chat-completions API on 127.0.0.1 for a model or LoRA adapter folder (transformers serve),
 # in the foreground until Ctrl-C: make serve MODEL=outputs/lora-merged PORT=8001

@@ -21,6 +21,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -426,6 +427,61 @@ def reestimate(out: Path) -> int:
     return 0
 
 
+METHOD_NAMES = {"full": "full", "lora": "LoRA", "qlora": "QLoRA"}
+README_TABLE = re.compile(r"(<!-- benchmark table: (?P<run>[^>]+?) -->\n).*?(<!-- end of benchmark table -->)", re.S)
+
+
+def row_order(rows: list[dict]) -> list[str]:
+    """The row names of all methods in one order that keeps each method's own order."""
+    names: list[str] = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        at = -1
+        for name in (r["row"] for r in rows if r["method"] == method):
+            if name not in names:
+                names.insert(at + 1, name)
+            at = names.index(name)
+    return names
+
+
+def markdown_table(run: dict) -> str:
+    """A run as a markdown table: a line per row, a column per method; each cell real tokens/s (x naive), peak memory."""
+    from helpers.memory import format_bytes
+
+    naive = {r["method"]: r["tokens_per_second"] for r in run["rows"] if r["row"] == "naive" and "error" not in r}
+    cells = {}
+    for r in run["rows"]:
+        if "error" in r:
+            cells[r["row"], r["method"]] = "skipped" if r["error"].startswith("skipped") else "failed"
+        else:
+            ratio = f" ({r['tokens_per_second'] / naive[r['method']]:.2f}x)" if r["method"] in naive else ""
+            cells[r["row"], r["method"]] = (
+                f"{r['tokens_per_second']:,.0f}{ratio}, {format_bytes(r['peak_memory']['peak_bytes'])}"
+            )
+    methods = list(dict.fromkeys(r["method"] for r in run["rows"]))
+    lines = [
+        "| row | " + " | ".join(METHOD_NAMES.get(m, m) for m in methods) + " |",
+        "|---" * (len(methods) + 1) + "|",
+        *(f"| {name} | " + " | ".join(cells.get((name, m), "") for m in methods) + " |" for name in row_order(run["rows"])),
+    ]
+    measured = next(r["peak_memory"]["measured"] for r in run["rows"] if "error" not in r)
+    memory = "peak allocated (CUDA)" if measured.startswith("cuda") else "peak resident memory of the row's process"
+    lines.append(f"\nEach cell: real tokens/s after warm-up (x the method's naive row), {memory}.")
+    if any(r["method"] == "qlora" and r["row"] == "course" and r["knobs"].get("upcast") for r in run["rows"]):
+        lines[-1] += ' QLoRA\'s "course" row in this run kept PEFT\'s float32 embedding and norms (the recipe before issue 23).'
+    return "\n".join(lines) + "\n"
+
+
+def readme_tables(text: str, runs: dict) -> str:
+    """The README with each benchmark table block printed again from the runs it names."""
+
+    def table(match: re.Match) -> str:
+        if match["run"] not in runs:
+            raise SystemExit(f"README names the benchmark run {match['run']!r}, which the results file lacks: {list(runs)}")
+        return match[1] + markdown_table(runs[match["run"]]) + match[3]
+
+    return README_TABLE.sub(table, text)
+
+
 def allocator_setting() -> list[str]:
     """PYTORCH_CUDA_ALLOC_CONF=... when it is set: it changes the reserved memory CUDA rows measure."""
     conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
@@ -495,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         help="CUDA: record every allocation while training; each row gets peak_breakdown (what was live at its peak, "
         "by line of code). Recording slows training: write these rows to their own --out",
     )
+    parser.add_argument("--readme", action="store_true", help="print README's benchmark tables again from --out")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmark.json")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -502,6 +559,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.reestimate:
         return reestimate(args.out)
+    if args.readme:
+        readme = ROOT / "README.md"
+        readme.write_text(readme_tables(readme.read_text(encoding="utf-8"), json.loads(args.out.read_text())["runs"]))
+        return 0
 
     import torch
 

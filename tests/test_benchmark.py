@@ -115,6 +115,37 @@ def test_benchmark_table_reports_a_failed_row():
     assert benchmark_rows({"rows": [on_cuda]})[0]["reserved (CUDA)"] == "2.00 GiB"
 
 
+def test_the_readme_tables_are_the_committed_benchmark_runs():
+    """README's benchmark tables are printed from results/benchmark.json (python scripts/benchmark.py --readme)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    runs = json.loads((ROOT / "results" / "benchmark.json").read_text())["runs"]
+    named = [m["run"] for m in benchmark.README_TABLE.finditer(readme)]
+    assert named == ["tiny on cpu", "llama-3.2-1b-random on NVIDIA H200"]
+    assert benchmark.readme_tables(readme, runs) == readme, "run python scripts/benchmark.py --readme"
+
+
+def test_a_readme_table_gives_each_speed_its_memory_and_names_a_missing_run():
+    run = {"rows": [
+        {"method": "lora", "row": "naive", "knobs": {}, "tokens_per_second": 1000.0,
+         "peak_memory": {"measured": "cuda max_memory_allocated", "peak_bytes": 3 * 2**30}},
+        {"method": "lora", "row": "course", "knobs": {}, "tokens_per_second": 1500.0,
+         "peak_memory": {"measured": "cuda max_memory_allocated", "peak_bytes": 6 * 2**30}},
+        {"method": "qlora", "row": "course", "knobs": {"upcast": True}, "error": "Traceback ...\nOutOfMemoryError"},
+    ]}
+    table = benchmark.markdown_table(run)
+    assert "| course | 1,500 (1.50x), 6.00 GiB | failed |" in table
+    assert "peak allocated (CUDA)" in table and "kept PEFT's float32 embedding and norms" in table
+    block = "<!-- benchmark table: gone -->\nold\n<!-- end of benchmark table -->"
+    with pytest.raises(SystemExit, match="'gone'"):
+        benchmark.readme_tables(block, {"here": run})
+    assert "old" not in benchmark.readme_tables(block.replace("gone", "here"), {"here": run})
+
+
+def test_row_order_keeps_each_methods_order():
+    rows = [{"method": m, "row": r} for m, r in [("full", "a"), ("full", "c"), ("lora", "a"), ("lora", "b"), ("lora", "c")]]
+    assert benchmark.row_order(rows) == ["a", "b", "c"]
+
+
 def test_scoring_only_labelled_positions_gives_the_same_loss_and_gradients(train_split, tokenizer, monkeypatch):
     """The benchmark's "LM head on labelled positions only" row computes what TRL's CPU path does, with less work."""
     import trl.trainer.utils
