@@ -193,6 +193,7 @@ NOT_OUR_RESULTS = {
     r"95% (?:interval|confidence)": "the confidence level of an interval: a setting",
     r"= [\d,.]+ \w+": "arithmetic worked out in the same sentence",
     r"\d+% of the update": "a threshold an exercise sets",
+    r"off by more than \d+%": "the estimator's tolerance, which a test sets",
     r"the \"4x\"": "the folk claim the summary tests, quoted",
 }
 
