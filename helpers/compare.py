@@ -203,8 +203,8 @@ def recommend(options: dict[str, dict], better: set[tuple[str, str]], speed_nois
 
     options: per method, {"fits": bool, "need_bytes": int, "tokens_per_second": float or None}.
     better: (winner, loser) pairs that a paired test found different. Of the methods that fit, those that no other
-    fitting method beat are kept; of these, the fastest (speeds within speed_noise of the fastest tie), and of
-    those the one that needs the least memory.
+    fitting method beat are kept; of these, the fastest (speeds within speed_noise of the fastest tie, and so does
+    an unmeasured speed), and of those the one that needs the least memory.
     """
     fitting = [m for m, o in options.items() if o["fits"]]
     if not fitting:
@@ -216,8 +216,8 @@ def recommend(options: dict[str, dict], better: set[tuple[str, str]], speed_nois
     speeds = [options[m]["tokens_per_second"] for m in kept if options[m]["tokens_per_second"]]
     fastest = max(speeds, default=None)
     pool = kept
-    if fastest and len(kept) > 1:
-        kept = [m for m in kept if (options[m]["tokens_per_second"] or 0) >= fastest * (1 - speed_noise)]
+    if fastest and len(kept) > 1:  # an unmeasured speed ties: it cannot be shown slower
+        kept = [m for m in kept if (options[m]["tokens_per_second"] or fastest) >= fastest * (1 - speed_noise)]
     choice = min(kept, key=lambda m: options[m]["need_bytes"])
     if len(kept) > 1:
         why.append(f"ties with {', '.join(m for m in kept if m != choice)} (on speed, or speed unmeasured), needs less memory")
@@ -227,10 +227,11 @@ def recommend(options: dict[str, dict], better: set[tuple[str, str]], speed_nois
 
 
 def course_speeds(run: dict) -> dict[str, float]:
-    """Per method, the tokens/s of the benchmark row with today's course recipe.
+    """Per plan ("full", "full, 8-bit", "lora", "qlora"), the tokens/s of the benchmark row with today's course recipe.
 
     Runs from before the course kept QLoRA's embedding and norms in the compute dtype have an upcast "course" row;
-    where such a run also measured the same knobs without the upcast, that row is today's recipe.
+    where such a run also measured the same knobs without the upcast, that row is today's recipe. "full, 8-bit" is
+    notebook 1's low-memory plan: its own row, or no speed where the run did not measure it.
     """
     done = [r for r in run["rows"] if "error" not in r]
     speeds = {}
@@ -238,4 +239,7 @@ def course_speeds(run: dict) -> dict[str, float]:
         today = {**course["knobs"], "upcast": False} if course["method"] == "qlora" else course["knobs"]
         same = [r for r in done if r["method"] == course["method"] and r["knobs"] == today]
         speeds[course["method"]] = (same or [course])[0]["tokens_per_second"]
+    for r in done:
+        if (r["method"], r["row"]) == ("full", "course, low-memory plan"):
+            speeds["full, 8-bit"] = r["tokens_per_second"]
     return speeds

@@ -65,6 +65,12 @@ UNSLOTH = {**COURSE, "gradient_checkpointing": True, "batch": 1, "accumulation":
 # labelled positions. This row patches TRL to do on the CPU what it does on CUDA; the course itself does not patch TRL.
 HEAD_ROW = ("course, LM head on labelled positions only (TRL patched)", {**COURSE, "labelled_head": True})
 
+# notebook 1's "low memory" plan, which it uses where the plain one would not fit (a T4, a 24 GB card)
+LOW_MEMORY_PLAN = (
+    "course, low-memory plan",
+    {**COURSE, "optim": "paged_adamw_8bit", "gradient_checkpointing": True, "batch": 2, "accumulation": 4},
+)
+
 # (row name, what changes from the row before or from "course")
 CPU_ROWS = {
     "full": [
@@ -105,6 +111,7 @@ GPU_ROWS = {  # fewer rows than on a CPU (a lent GPU gives minutes), plus what o
         ("course", COURSE),
         CHECKPOINTED,
         ("course, 8-bit AdamW", {**COURSE, "optim": "adamw_bnb_8bit"}),
+        LOW_MEMORY_PLAN,
     ],
     "lora": [
         ("naive", {}),

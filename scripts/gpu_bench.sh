@@ -8,8 +8,9 @@
 # and put on PYTHONPATH, as scripts/gpu_check.sh does. Two benchmark runs, in the llama-3.2-1b-random profile on
 # conversations up to 2048 tokens:
 #   1. QLoRA's course row (embedding and norms in bf16, float32 adapters) and the course with PEFT's float32 upcast,
-#      and each method's "course, gradient checkpointing", merged into the GPU run of benchmark.json (is QLoRA's
-#      course 1.5x naive; what does the memory plan's checkpointing cost in speed and save in memory?);
+#      each method's "course, gradient checkpointing", and notebook 1's low-memory plan, merged into the GPU run of
+#      benchmark.json (is QLoRA's course 1.5x naive; what does the memory plans' checkpointing cost in speed and save
+#      in memory; how fast is full fine-tuning where only its low-memory plan fits?);
 #   2. QLoRA at Unsloth's settings (no upcast), with expandable segments and --memory-snapshot, into
 #      memory-snapshot.json: its reserved peak against Unsloth's published 2.16 GiB, and what is live at the peak.
 # With $OUT set, benchmark.json (a copy of results/benchmark.json, updated), memory-snapshot.json and gpu_bench.log
@@ -21,13 +22,14 @@ PY=${PYTHON:-python3}
 DEST=${OUT:-results}
 SITE=${GPU_BENCH_SITE:-/tmp/site}
 COMMON=(--profile llama-3.2-1b-random --rows gpu --long --max-length 2048 --eval-examples 32)
-QLORA_ROWS="qlora:course;qlora:course, PEFT's float32 embedding and norms;qlora:course, gradient checkpointing"
-QLORA_ROWS="$QLORA_ROWS;lora:course, gradient checkpointing;full:course, gradient checkpointing"
+ROWS="qlora:course;qlora:course, PEFT's float32 embedding and norms;qlora:course, gradient checkpointing"
+ROWS="$ROWS;lora:course, gradient checkpointing;full:course, gradient checkpointing"
+ROWS="$ROWS;full:course, low-memory plan"
 SNAPSHOT_ROW='qlora:unsloth settings'
 
 if [ "${1:-}" = "--dry-run" ]; then
     echo "WHEELS $(ls .whl/*.whl 2>/dev/null | wc -l) in .whl/ -> $SITE"
-    echo "RUN $PY scripts/benchmark.py ${COMMON[*]} --steps 16 --merge --budget-s 230 --only \"$QLORA_ROWS\" --out $DEST/benchmark.json"
+    echo "RUN $PY scripts/benchmark.py ${COMMON[*]} --steps 16 --merge --budget-s 230 --only \"$ROWS\" --out $DEST/benchmark.json"
     echo "RUN PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True $PY scripts/benchmark.py ${COMMON[*]} --steps 4" \
         "--memory-snapshot --only '$SNAPSHOT_ROW' --out $DEST/memory-snapshot.json"
     exit 0
@@ -46,7 +48,7 @@ if [ "$DEST" != results ]; then
     cp results/benchmark.json "$DEST/benchmark.json"
 fi
 status=0
-"$PY" scripts/benchmark.py "${COMMON[@]}" --steps 16 --merge --budget-s 230 --only "$QLORA_ROWS" \
+"$PY" scripts/benchmark.py "${COMMON[@]}" --steps 16 --merge --budget-s 230 --only "$ROWS" \
     --out "$DEST/benchmark.json" || status=1
 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "$PY" scripts/benchmark.py "${COMMON[@]}" --steps 4 \
     --memory-snapshot --only "$SNAPSHOT_ROW" --out "$DEST/memory-snapshot.json" || status=1

@@ -54,6 +54,12 @@ def test_recommend_chooses_the_cheapest_that_fits_when_the_methods_tie():
     assert recommend(options(), {("qlora", "lora")}, 0.05)[0] == "qlora"  # lora beaten: qlora is the fastest left
 
 
+def test_an_unmeasured_speed_ties_instead_of_losing():
+    unmeasured = {**options(), "full": {"fits": True, "need_bytes": 1e9, "tokens_per_second": None}}
+    choice, why = recommend(unmeasured, set(), 0.05)
+    assert choice == "full" and "ties with lora" in why  # lora is the fastest measured; full may be as fast
+
+
 def test_seed_noise_is_the_largest_gap_a_second_seed_gave():
     run = {"rows": [
         {"method": "lora", "row": "naive", "tokens_per_second": 100.0},
@@ -83,3 +89,5 @@ def test_course_speeds_take_the_row_with_todays_qlora_recipe():
     ]}
     assert course_speeds(run) == {"lora": 40.0, "qlora": 34.0}
     assert course_speeds({"rows": run["rows"][:2]}) == {"lora": 40.0, "qlora": 17.0}  # no such row: the course row
+    low_memory = {"method": "full", "row": "course, low-memory plan", "knobs": knobs, "tokens_per_second": 9.0}
+    assert course_speeds({"rows": [*run["rows"], low_memory]})["full, 8-bit"] == 9.0  # notebook 1's other plan
