@@ -14,7 +14,8 @@
 #   2. QLoRA at Unsloth's settings (no upcast), with expandable segments and --memory-snapshot, into
 #      memory-snapshot.json: its reserved peak against Unsloth's published 2.16 GiB, and what is live at the peak.
 # With $OUT set, benchmark.json (a copy of results/benchmark.json, updated), memory-snapshot.json and gpu_bench.log
-# go there; without it, results/. Copy benchmark.json back over results/benchmark.json and commit it.
+# go there; without it, results/. Copy benchmark.json back over results/benchmark.json, print README's tables
+# from it (python scripts/benchmark.py --readme; a test fails until they match) and commit both.
 # Interpreter: $PYTHON, default python3. Exit status: 0 when both runs measured every row.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
