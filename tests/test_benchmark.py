@@ -101,6 +101,7 @@ def test_benchmark_smoke_writes_rows_and_keeps_other_runs(tmp_path):
     table = benchmark_rows(run)
     assert [r["x naive"] for r in table][0] == "1.00x"
     assert benchmark_findings(run)[0].startswith("lora: course ")
+    assert "x naive's real tokens/s, peak memory " in benchmark_findings(run)[0]  # each speed with its memory
 
 
 def test_benchmark_table_reports_a_failed_row():
