@@ -145,12 +145,13 @@ def benchmark_findings(run: dict) -> list[str]:
     by_row = {(r["method"], r["row"]): r for r in run["rows"] if "error" not in r}
     lines = []
     for method in dict.fromkeys(r["method"] for r in run["rows"]):
-        naive, course = by_row.get((method, "naive")), by_row.get((method, "course"))
+        naive, course = by_row.get((method, "naive")), _todays_course(run, method)
         if not (naive and course):
             continue
         peaks = [format_bytes(r["peak_memory"]["peak_bytes"]) for r in (naive, course)]
         line = (
-            f"{method}: course {course['tokens_per_second'] / naive['tokens_per_second']:.2f}x naive's real tokens/s, "
+            f"{method}: {course['row']} {course['tokens_per_second'] / naive['tokens_per_second']:.2f}x naive's real "
+            "tokens/s, "
             f"peak memory {peaks[0]} -> {peaks[1]}, padding {naive['padding_share']:.1%} -> {course['padding_share']:.1%}, "
             f"eval loss {naive['eval_loss']:.3f} -> {course['eval_loss']:.3f}"
         )
@@ -227,6 +228,16 @@ def recommend(options: dict[str, dict], better: set[tuple[str, str]], speed_nois
     return choice, "; ".join(why)
 
 
+def _todays_course(run: dict, method: str) -> dict | None:
+    """A method's measured "course" row, or for QLoRA runs from before issue 23 the row with today's knobs if any."""
+    done = [r for r in run["rows"] if "error" not in r and r["method"] == method]
+    course = next((r for r in done if r["row"] == "course"), None)
+    if course is None:
+        return None
+    today = {**course["knobs"], "upcast": False} if method == "qlora" else course["knobs"]
+    return next((r for r in done if r["knobs"] == today), course)
+
+
 def course_speeds(run: dict) -> dict[str, float]:
     """Per plan ("full", "full, 8-bit", "lora", "qlora"), the tokens/s of the benchmark row with today's course recipe.
 
@@ -236,10 +247,10 @@ def course_speeds(run: dict) -> dict[str, float]:
     """
     done = [r for r in run["rows"] if "error" not in r]
     speeds = {}
-    for course in (r for r in done if r["row"] == "course"):
-        today = {**course["knobs"], "upcast": False} if course["method"] == "qlora" else course["knobs"]
-        same = [r for r in done if r["method"] == course["method"] and r["knobs"] == today]
-        speeds[course["method"]] = (same or [course])[0]["tokens_per_second"]
+    for method in dict.fromkeys(r["method"] for r in done):
+        course = _todays_course(run, method)
+        if course:
+            speeds[method] = course["tokens_per_second"]
     for r in done:
         if (r["method"], r["row"]) == ("full", "course, low-memory plan"):
             speeds["full, 8-bit"] = r["tokens_per_second"]
