@@ -150,8 +150,7 @@ def benchmark_findings(run: dict) -> list[str]:
             continue
         peaks = [format_bytes(r["peak_memory"]["peak_bytes"]) for r in (naive, course)]
         line = (
-            f"{method}: {course['row']} {course['tokens_per_second'] / naive['tokens_per_second']:.2f}x naive's real "
-            "tokens/s, "
+            f"{method}: {course['row']} {course['tokens_per_second'] / naive['tokens_per_second']:.2f}x naive's real tokens/s, "
             f"peak memory {peaks[0]} -> {peaks[1]}, padding {naive['padding_share']:.1%} -> {course['padding_share']:.1%}, "
             f"eval loss {naive['eval_loss']:.3f} -> {course['eval_loss']:.3f}"
         )

@@ -158,11 +158,12 @@ def _first_examples_shape(train_examples: int) -> tuple[int, int]:
     return max(len(ids) for ids, _ in rows), max(sum(t != -100 for t in labels) for _, labels in rows)
 
 
-def run_estimate(result: dict) -> dict[str, int]:
+def run_estimate(result: dict, todays_recipe: bool = False) -> dict[str, int]:
     """Today's estimate for a notebook's run with Llama 3.2 1B's shapes, from the plan and data its results file records.
 
     Runs from before issue 23 record no memory_plan: their batch is measured from the course data's first examples,
-    and QLoRA's dtypes are PEFT's and TRL's (float32 embedding and norms, bf16 adapters under bf16).
+    and QLoRA's dtypes are PEFT's and TRL's (float32 embedding and norms, bf16 adapters under bf16), unless
+    todays_recipe asks for notebook 3's (16-bit embedding and norms, float32 adapters) with the same plan and data.
     """
     config, method, bf16 = result["config"], result["method"], result["dtype"] == "bf16"
     shape = config.get("memory_plan") or dict(
@@ -176,7 +177,7 @@ def run_estimate(result: dict) -> dict[str, int]:
     else:
         name, batch = method, shape.get("batch", min(8, config["train_examples"]))
         checkpointing = config.get("memory_plan", {}).get("name") == "gradient checkpointing"
-    if method == "qlora" and "embedding_dtype" not in config:
+    if method == "qlora" and "embedding_dtype" not in config and not todays_recipe:
         kwargs = {"upcast": True, "adapter_fp32": not bf16}
     if method != "full":  # the run's own adapter (runs before issue 25 record no targets: all linear layers)
         kwargs.update(lora_r=config.get("lora_r", 16), target_modules=config.get("target_modules", "all-linear"))

@@ -317,3 +317,13 @@ def test_the_fit_estimate_follows_the_rank_and_layers_the_notebooks_trained():
     assert q_v["optimizer_states"] < base["optimizer_states"] / 5
     _, planned, _ = planned_estimate(LLAMA_3_2_1B, "qlora", 80 * 2**30, where="H100", **shape, lora_r=64)
     assert planned["optimizer_states"] > method_estimate(LLAMA_3_2_1B, "qlora", **shape)["optimizer_states"]
+
+
+def test_todays_recipe_estimates_an_old_qlora_run_as_notebook_3_trains_now():
+    """Notebook 4 shows what today's QLoRA recipe would need in the settings of a run made before issue 23."""
+    path = next(p for p in NOTEBOOK_ROWS if p.stem == "qlora")
+    old = json.loads(path.read_text(encoding="utf-8"))
+    assert "embedding_dtype" not in old["config"]
+    today = run_estimate(old, todays_recipe=True)
+    recorded = run_estimate({**old, "config": {**old["config"], "embedding_dtype": "torch.bfloat16"}})
+    assert today == recorded and today["weights"] < run_estimate(old)["weights"]
