@@ -10,7 +10,7 @@ writes
     data/support/validation.jsonl   300 examples
     data/support/test.jsonl         300 examples
     data/pretrain/corpus.txt       ~1.5 MB of prose, one paragraph per line
-    data/pretrain/heldout.txt       200 more paragraphs from the same generator, never in corpus.txt: the tiny
+    data/pretrain/heldout.txt       200 more paragraphs from the same generator with no sentence in corpus.txt: the tiny
                                    model's general-text set (its loss before and after fine-tuning measures forgetting)
 
 Each support example is one JSON object per line with the keys
@@ -1099,16 +1099,36 @@ def generate_corpus(seed: int = SEED, target_bytes: int = CORPUS_BYTES) -> list[
     return lines
 
 
-def generate_heldout(seed: int = SEED, count: int = HELDOUT_PARAGRAPHS) -> list[str]:
-    """Paragraphs from the corpus's generator with another random stream: pretraining-like text the model never read."""
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentences(text: str) -> list[str]:
+    """A paragraph's sentences, split after '.', '!' or '?'."""
+    return [part.strip() for part in SENTENCE_END.split(text) if part.strip()]
+
+
+def normalised(sentence: str) -> str:
+    """A sentence compared without case, punctuation or repeated spaces."""
+    return " ".join(re.sub(r"[^\w\s]", " ", sentence.lower()).split())
+
+
+def generate_heldout(seed: int = SEED, count: int = HELDOUT_PARAGRAPHS, min_sentences: int = 3) -> list[str]:
+    """Paragraphs from the corpus's generator in which no sentence (normalised) is one the corpus holds.
+
+    The generator fills templates, so most of its fixed sentences recur in corpus.txt: each draw keeps only the
+    sentences the corpus never had (new names, order numbers, products, days), each once, and a paragraph needs
+    min_sentences of them. Text from the stand-in's own pretraining distribution (shop-domain prose) that it never
+    read, not text unlike the task.
+    """
     rng = random.Random(seed + 8)
     pool = order_pools(seed)["corpus"]
-    seen = set(generate_corpus(seed))
+    seen = {normalised(s) for text in generate_corpus(seed) for s in sentences(text)}
     lines: list[str] = []
     while len(lines) < count:
-        text = paragraph(rng, pool)
-        if text not in seen:
-            lines.append(text)
+        fresh = [s for s in sentences(paragraph(rng, pool)) if normalised(s) not in seen]
+        if len(fresh) >= min_sentences:
+            lines.append(" ".join(fresh))
+            seen.update(normalised(s) for s in fresh)
     return lines
 
 

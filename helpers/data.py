@@ -23,7 +23,7 @@ from helpers import ROOT
 
 SUPPORT_DIR = ROOT / "data" / "support"
 _SPLITS = ("train", "validation", "test")
-_HELDOUT_TEXT = SUPPORT_DIR.parent / "pretrain" / "heldout.txt"  # the tiny model's pretraining generator, unseen draws
+_HELDOUT_TEXT = SUPPORT_DIR.parent / "pretrain" / "heldout.txt"  # the tiny model's generator, unseen sentences
 _GENERAL_TEXT = SUPPORT_DIR.parent / "general" / "paragraphs.txt"  # general English prose written for this course
 _SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation"}
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".csv")
@@ -186,15 +186,18 @@ def example_ids(ds: Dataset) -> list[str]:
     return [str(i) for i in range(len(ds))]
 
 
-def load_general_text(profile: str) -> tuple[list[str], str]:
-    """Text like what the base model was pretrained on, not the task: the forgetting check's texts and their source.
+def load_general_text(profile: str, limit: int | None = None) -> tuple[list[str], str]:
+    """The forgetting check's texts (the first `limit`; None: all) and a line that says what they are.
 
-    The tiny model gets held-out paragraphs from its own pretraining generator; every other model the course's
-    general English prose.
+    The tiny model gets paragraphs from its own pretraining generator with no sentence its corpus holds (shop-domain
+    prose, the task's domain); every other model the course's general English prose, unlike the task.
     """
     path = _HELDOUT_TEXT if profile == "tiny" else _GENERAL_TEXT
-    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    source = "held-out pretraining text" if profile == "tiny" else "general English prose"
+    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:limit]
+    if profile == "tiny":
+        source = "the stand-in's pretraining distribution (shop-domain prose), sentences it never read"
+    else:
+        source = "general English prose, unlike the task"
     return texts, f"{source} ({path.parent.name}/{path.name}, {len(texts)} paragraphs)"
 
 

@@ -182,11 +182,29 @@ def test_corpus_is_prose_without_the_reply_format():
     assert len(with_repeated_number) > len(paragraphs) / 3
 
 
+def _sentence_set(paragraphs) -> set[str]:
+    """Every sentence of the paragraphs, lower-cased, without punctuation or repeated spaces."""
+    return {
+        " ".join(re.sub(r"[^\w\s]", " ", sentence.lower()).split())
+        for paragraph in paragraphs
+        for sentence in re.split(r"(?<=[.!?])\s+", paragraph)
+        if sentence.strip()
+    }
+
+
+def test_the_sentence_check_finds_a_corpus_sentence_in_another_paragraph():
+    """The held-out check can fail: one shared sentence, in other company and case, is found."""
+    corpus = ["Order 12345 left the depot. The parcel came on Monday!"]
+    assert _sentence_set(corpus) & _sentence_set(["Nobody asked. the  PARCEL came on monday"])
+    assert not _sentence_set(corpus) & _sentence_set(["The parcel came on Tuesday."])
+
+
 def test_general_texts_are_held_out_prose_without_the_task():
     """Issue 24: the forgetting check's texts: the tiny model's never read, the real model's not about the task."""
     corpus = set((ROOT / "data" / "pretrain" / "corpus.txt").read_text(encoding="utf-8").splitlines())
     heldout = (ROOT / "data" / "pretrain" / "heldout.txt").read_text(encoding="utf-8").splitlines()
     assert len(heldout) == 200 and not corpus & set(heldout)
+    assert not _sentence_set(corpus) & _sentence_set(heldout), "a held-out sentence is in the pretraining corpus"
     general = (ROOT / "data" / "general" / "paragraphs.txt").read_text(encoding="utf-8").splitlines()
     assert len(general) == len(set(general)) == 80 and all(60 <= len(p.split()) <= 110 for p in general)
     for text in heldout + general:
