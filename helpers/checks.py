@@ -61,8 +61,10 @@ def check_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
         )
     elif tokenizer.pad_token_id in stops:
         problems.append(
-            f"the pad token {tokenizer.pad_token!r} is a stop token, so its labels are masked and the model never "
-            "learns to stop (something set pad = eos: reload with helpers.models.load_tokenizer)"
+            f"the pad token {tokenizer.pad_token!r} is a stop token, so padding and the end of a reply are one token: "
+            "transformers' DataCollatorForLanguageModeling sets every pad-id label to -100, so a model trained with it "
+            "never learns to stop, and generate cannot infer an attention mask from the padding (something set "
+            "pad = eos: reload with helpers.models.load_tokenizer)"
         )
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])

@@ -13,7 +13,7 @@ from helpers.hardware import Hardware
 from helpers.models import add_pad_token, keep_4bit_layers_trainable
 
 METHODS = ("full", "lora", "qlora")
-LEARNING_RATES = {  # (tiny profile, real model): full fine-tuning ~10x lower than LoRA
+LEARNING_RATES = {  # (tiny, real model): full below LoRA; tiny picked by make study, real the common 1e-5 / 2e-4
     "full": (5e-4, 1e-5),
     "lora": (5e-3, 2e-4),
     "qlora": (5e-3, 2e-4),

@@ -1,8 +1,10 @@
-"""Paired comparisons: two methods measured on the same examples, matched by example id."""
+"""Paired comparisons: two methods measured on the same examples, matched by example id, in one run or several."""
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 
 def paired(first: dict[str, float], second: dict[str, float]) -> tuple[list[float], list[float]]:
@@ -47,3 +49,41 @@ def differs(test: dict, alpha: float = 0.05) -> bool:
     if "p" in test:
         return test["p"] < alpha
     return test["low"] > 0 or test["high"] < 0
+
+
+def across_seeds(first: list[dict[str, float]], second: list[dict[str, float]], reps: int = 4000,
+                 seed: int = 0) -> dict:
+    """Mean of second - first over training runs and shared examples, with a 95% bootstrap interval and a p-value.
+
+    first and second hold one dict per training run (seed), example id -> score. Each bootstrap draw resamples each
+    method's runs, then the examples (the same examples for both methods), so the interval counts both sources of
+    noise: which run you trained, and which questions you tested it on. With few runs it is still too narrow, not
+    too wide: three seeds are the least that shows the spread between runs at all.
+    """
+    ids = [key for key in first[0] if all(key in run for run in first + second)]
+    if len(first) < 2 or len(second) < 2 or len(ids) < 2:
+        raise ValueError(f"across_seeds needs two or more runs per method on shared examples: got {len(first)} and "
+                         f"{len(second)} runs sharing {len(ids)} examples. Run scripts/study.py for more seeds.")
+    a = np.array([[run[key] for key in ids] for run in first], dtype=float)
+    b = np.array([[run[key] for key in ids] for run in second], dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = np.empty(reps)
+    for i in range(reps):
+        weights = np.bincount(rng.integers(len(ids), size=len(ids)), minlength=len(ids)) / len(ids)
+        runs_a, runs_b = rng.integers(len(a), size=len(a)), rng.integers(len(b), size=len(b))
+        draws[i] = (b[runs_b] @ weights).mean() - (a[runs_a] @ weights).mean()
+    low, high = np.quantile(draws, [0.025, 0.975])
+    # two-sided: how often a draw falls on the far side of 0
+    p = min(1.0, 2 * min((draws <= 0).sum() + 1, (draws >= 0).sum() + 1) / (reps + 1))
+    return {"runs": (len(a), len(b)), "n": len(ids), "mean": float(b.mean() - a.mean()), "low": float(low),
+            "high": float(high), "p": p}
+
+
+def holm(p_values: dict, alpha: float = 0.05) -> dict:
+    """Holm's correction over several comparisons: each key -> (adjusted p, whether it is a difference at alpha)."""
+    order = sorted(p_values, key=p_values.get)
+    adjusted, running = {}, 0.0
+    for rank, key in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p_values[key]))
+        adjusted[key] = running
+    return {key: (adjusted[key], adjusted[key] < alpha) for key in p_values}

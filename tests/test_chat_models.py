@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import test_foreign_data
+import test_precision
 import test_serve
 import torch
 from safetensors import safe_open
@@ -78,7 +79,7 @@ def test_end_of_turn_stops_and_pad_come_from_the_tokenizer(chatml):
     tokenizer = load_tokenizer(chatml)
     assert end_of_turn(tokenizer) == "<|im_end|>"
     assert stop_token_ids(tokenizer) == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    assert tokenizer.pad_token == "<|endoftext|>", "pad = eos as shipped would mask the end of turn: another pad"
+    assert tokenizer.pad_token == "<|endoftext|>", "pad = eos as shipped: padding would be the end of turn; another pad"
     llama = load_tokenizer(str(ROOT / "models" / "tiny-llama-support"))  # Llama 3's choices are what it derives
     assert end_of_turn(llama) == "<|eot_id|>" and llama.pad_token == "<|finetune_right_pad_id|>"
 
@@ -130,6 +131,37 @@ def test_generation_stops_at_its_end_of_turn(chatml):
     assert out.shape[1] == prompt["input_ids"].shape[1] + 1  # one token, the end of turn, then it stopped
 
 
+CHECKS = "every answer ends with a learned end-of-turn"  # section 3's checks cell, in notebooks 1 to 3
+NO_BOS = "every example has exactly one BOS: none to count, this template writes no BOS"
+
+
+def assert_chatml_checks(text: str) -> None:
+    """Section 3's checks on a ChatML model: no BOS to count, and a learned <|im_end|>; never a False."""
+    assert NO_BOS in text and "every answer ends with a learned end-of-turn: True" in text, text
+    assert "False" not in text, text
+
+
+@pytest.mark.parametrize("name", ["01_full_finetuning.ipynb", "02_lora.ipynb", "03_qlora.ipynb"])
+def test_section_3_checks_use_the_tokenizers_own_tokens(name, chatml, capsys):
+    """The checks cell (run here without a kernel) on the Llama tokenizer prints the stored lines; on ChatML, with no
+    BOS or with <|im_start|> named as BOS (it opens every turn), "writes no BOS" and a learned <|im_end|>."""
+    llama = load_tokenizer(str(ROOT / "models" / "tiny-llama-support"))
+    chat = load_tokenizer(chatml)
+    opens_turns = load_tokenizer(chatml)
+    opens_turns.bos_token = "<|im_start|>"
+    for tokenizer in (llama, chat, opens_turns):
+        namespace = {"DATA": "support", "COLUMN_MAP": None, "TRAIN_EXAMPLES": 8, "EVAL_EXAMPLES": 4,
+                     "TEST_EXAMPLES": 2, "MAX_LENGTH": 256, "tokenizer": tokenizer, "turn_end": end_of_turn(tokenizer),
+                     "tokenize_with_mask": tokenize_with_mask}
+        capsys.readouterr()
+        test_precision.run_cells(name, ["raw = load_dataset_any(", CHECKS], namespace)
+        printed = capsys.readouterr().out
+        if tokenizer is llama:
+            assert "every example has exactly one BOS: True\nevery answer ends with a learned end-of-turn: True" in printed
+        else:
+            assert_chatml_checks(printed)
+
+
 def test_notebook_2_runs_to_the_end_on_a_chatml_model(chatml_no_pad, tmp_path):
     """The ChatML model with no safe pad: section 2 adds <|pad|>, and the adapter saves, reloads and merges."""
     done, summary, nb = test_foreign_data.run_notebook_2(tmp_path, "support", COURSE_PROFILE="hub",
@@ -137,6 +169,7 @@ def test_notebook_2_runs_to_the_end_on_a_chatml_model(chatml_no_pad, tmp_path):
     assert done.returncode == 0 and summary["ok"], done.stdout[-3000:] + done.stderr[-3000:]
     loaded = test_foreign_data.cell_text(nb, "model.resize_token_embeddings(len(tokenizer))")
     assert "pad '<|pad|>' (id 1200), end of turn '<|im_end|>' (id 0)" in loaded, loaded
+    assert_chatml_checks(test_foreign_data.cell_text(nb, CHECKS))
     results = json.loads((tmp_path / "results" / "lora.json").read_text())
     assert results["profile"] == "hub" and results["model_id"] == chatml_no_pad
     with safe_open(tmp_path / "outputs" / "lora-adapter" / "adapter_model.safetensors", "pt") as adapter:
@@ -153,6 +186,7 @@ def test_notebooks_1_and_3_add_the_pad_token_as_notebook_2(notebook, chatml_no_p
     assert done.returncode == 0 and summary["ok"], done.stdout[-3000:] + done.stderr[-3000:]
     loaded = test_foreign_data.cell_text(executed, "model.resize_token_embeddings(len(tokenizer))")
     assert "pad '<|pad|>' (id 1200)" in loaded, loaded
+    assert_chatml_checks(test_foreign_data.cell_text(executed, CHECKS))
 
 
 def test_the_training_script_trains_a_chatml_model(chatml_no_pad, tmp_path):

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from helpers.compare import course_speeds, recommend, same_machine, seed_noise
-from helpers.stats import differs, mcnemar_exact, paired, paired_difference
+from helpers.stats import across_seeds, differs, holm, mcnemar_exact, paired, paired_difference
 
 
 def test_mcnemar_exact_counts_only_the_examples_where_the_methods_differ():
@@ -91,3 +91,44 @@ def test_course_speeds_take_the_row_with_todays_qlora_recipe():
     assert course_speeds({"rows": run["rows"][:2]}) == {"lora": 40.0, "qlora": 17.0}  # no such row: the course row
     low_memory = {"method": "full", "row": "course, low-memory plan", "knobs": knobs, "tokens_per_second": 9.0}
     assert course_speeds({"rows": [*run["rows"], low_memory]})["full, 8-bit"] == 9.0  # notebook 1's other plan
+
+
+def _runs(accuracies: list[float], questions: int = 300, seed: int = 0) -> list[dict[str, int]]:
+    """Made-up runs: each seed right on exactly its accuracy's share of the questions, picked at random."""
+    import random
+
+    rng = random.Random(seed)
+    right = [set(rng.sample(range(questions), round(acc * questions))) for acc in accuracies]
+    return [{f"q{i}": int(i in run) for i in range(questions)} for run in right]
+
+
+def test_mcnemar_on_one_seed_pair_can_differ_where_the_runs_do_not():
+    """One lucky run beats the other method's run on the same questions; over three seeds the methods overlap."""
+    first = _runs([0.92, 0.66, 0.80], 1000, seed=1)  # one method whose runs vary a lot between seeds
+    second = _runs([0.76, 0.74, 0.75], 1000, seed=2)
+    one_pair = mcnemar_exact(*paired(first[0], second[0]))
+    assert differs(one_pair)  # the first seed against the first seed: "significant"
+    # the questions alone, each averaged over the runs, also "find" the first method better ...
+    averaged = [{q: sum(run[q] for run in runs) / 3 for q in runs[0]} for runs in (first, second)]
+    assert differs(paired_difference(*paired(*averaged)))
+    # ... but the runs vary more than that: over seeds and questions, not shown different
+    over_seeds = across_seeds(first, second)
+    assert over_seeds["low"] < 0 < over_seeds["high"] and not differs(over_seeds)
+    assert over_seeds["runs"] == (3, 3) and over_seeds["n"] == 1000
+
+
+def test_across_seeds_finds_a_difference_that_holds_in_every_run():
+    first, second = _runs([0.70, 0.72, 0.71], seed=3), _runs([0.85, 0.86, 0.84], seed=4)
+    test = across_seeds(first, second)
+    assert 0.10 < test["mean"] < 0.18 and test["low"] > 0 and differs(test)
+    assert across_seeds(first, second, seed=1)["low"] == pytest.approx(test["low"], abs=0.01)  # stable draws
+    with pytest.raises(ValueError, match="two or more runs"):
+        across_seeds(first[:1], second)
+
+
+def test_holm_adjusts_the_smallest_p_most():
+    result = holm({"a-b": 0.01, "a-c": 0.04, "b-c": 0.30})
+    assert result["a-b"] == (pytest.approx(0.03), True)  # 3 x 0.01
+    assert result["a-c"] == (pytest.approx(0.08), False)  # 2 x 0.04: alone it would pass
+    assert result["b-c"] == (pytest.approx(0.30), False)
+    assert holm({"x": 0.2, "y": 0.01})["x"][0] == pytest.approx(0.2)  # never below an earlier adjusted p
