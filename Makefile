@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: course test lint venv clean-venv smoke-random gpu-check-dry-run bench serve
+.PHONY: course test lint venv clean-venv smoke-random gpu-check-dry-run bench serve study
 
 venv: $(STAMP)
 
@@ -37,6 +37,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	TQDM_DISABLE=1 $(PY) scripts/benchmark.py
 	$(PY) scripts/benchmark.py --readme
+
+# Each method's learning rate tuned on validation loss (a half-decade grid, widened until the loss turns up on both sides
+# of the pick), then two more seeds at the pick: results/study.json, which notebook 4 compares and whose picks notebooks
+# 1-3 use (tiny profile, the notebooks' budget). Rerun to resume an interrupted study; outside CI (about an hour).
+study: $(STAMP)
+	TQDM_DISABLE=1 $(PY) scripts/study.py
+	$(PY) scripts/study.py --readme
 
 # An OpenAI-compatible chat-completions API on 127.0.0.1 for a model or LoRA adapter folder (transformers serve),
 # in the foreground until Ctrl-C: make serve MODEL=outputs/lora-merged PORT=8001

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import re
 import subprocess
 import tempfile
 import time
@@ -41,7 +42,7 @@ from helpers.hardware import detect_hardware, package_versions
 from helpers.models import CHAT_TEMPLATE_KWARGS, choose_model, load_tokenizer
 from helpers.recipe import METHODS, adapters_to_float32, load_model, sft_config
 from helpers.results import by_id, write_json_atomic
-from helpers.study import GRID_SEED, grid_runs, pick
+from helpers.study import GRID_SEED, grid_runs, pick, spread
 
 # learning rates in half-decade steps; each method's grid starts at four of them and widens along this ladder
 LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -107,6 +108,28 @@ def train_and_measure(method: str, rate: float, seed: int, path: str, tokenizer,
     }
 
 
+README_BLOCK = re.compile(r"(<!-- study table -->\n).*?(<!-- end of study table -->)", re.S)
+
+
+def markdown_table(study: dict) -> str:
+    """README's summary of a study: each method's validation curve, pick and spread over seeds, and the wall time."""
+    lines = ["| method | validation loss by learning rate (grid seed) | pick | accuracy at the pick, mean (range) over "
+             "seeds | forgetting at the pick |", "|---|---|---|---|---|"]
+    for method in study["picks"]:
+        curve = ", ".join(f"{rate:g}: {run['eval_loss']:.3f}" for rate, run in sorted(grid_runs(study["runs"], method).items()))
+        acc, forgot = spread(study, method)["accuracy"], spread(study, method)["forgetting"]
+        lines.append(f"| {method} | {curve} | {study['picks'][method]:g} | {acc['mean']:.1%} ({acc['low']:.1%} to "
+                     f"{acc['high']:.1%}, {acc['seeds']} seeds) | {forgot['mean']:+.3f} nats |")
+    lines.append(f"\n`{study['command']}` at {study['commit']}: {len(study['runs'])} runs in "
+                 f"{study['wall_seconds'] / 60:.0f} min on {study['machine']}.")
+    return "\n".join(lines) + "\n"
+
+
+def readme_block(text: str, study: dict) -> str:
+    """The README with its study block printed again from the study."""
+    return README_BLOCK.sub(lambda match: match[1] + markdown_table(study) + match[2], text)
+
+
 def commit() -> str:
     """The checked-out commit, and '+changes' when the tree differs from it."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
@@ -121,7 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help=f"seeds at each pick, at most {len(SEEDS)}")
     parser.add_argument("--smoke", action="store_true", help="a few examples per run and a two-rate grid, never widened")
+    parser.add_argument("--readme", action="store_true", help="print README's study table again from --out")
     args = parser.parse_args(argv)
+    if args.readme:
+        readme = ROOT / "README.md"
+        readme.write_text(readme_block(readme.read_text(encoding="utf-8"), json.loads(args.out.read_text())))
+        return
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renames, once per run
     budget = SMOKE_BUDGET if args.smoke else BUDGET
     first_grid = {m: grid[1:3] for m, grid in FIRST_GRID.items()} if args.smoke else FIRST_GRID
@@ -131,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     if study.get("budget") != budget:  # other settings: start afresh
         study = {"budget": budget, "runs": [], "baselines": {}, "wall_seconds": 0.0}
     runs, started = study["runs"], time.perf_counter()
-    path = choose_model("tiny", None, None).path
+    choice = choose_model("tiny", None, None)
+    path = choice.path
     tokenizer = load_tokenizer(path)
     sizes = {split: budget[split] for split in ("train", "validation", "test")}
     dataset = to_conversational(load_support(sizes), chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
@@ -139,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def save(**extra: object) -> None:
         study.update(command="make study" if args.out == ROOT / "results" / "study.json" else "scripts/study.py",
-                     commit=commit(), machine=detect_hardware().describe(), versions=package_versions(),
+                     commit=commit(), profile="tiny", model=choice.description, machine=detect_hardware().describe(),
+                     versions=package_versions(),
                      general_text=source, seeds=list(seeds),
                      created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra)
         study["wall_seconds"] = round(study["wall_seconds"] + time.perf_counter() - started, 1)

@@ -10,7 +10,18 @@ import sys
 import pytest
 
 from helpers import ROOT
-from helpers.study import frontier, matched_learning, pick, spread, turns_up, verdict_line, verdicts
+from helpers.recipe import LEARNING_RATES
+from helpers.study import (
+    frontier,
+    grid_runs,
+    load_study,
+    matched_learning,
+    pick,
+    spread,
+    turns_up,
+    verdict_line,
+    verdicts,
+)
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import study as study_script  # noqa: E402
@@ -93,3 +104,24 @@ def test_the_study_script_runs_resumes_and_records_each_example(tmp_path):
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "[run" not in again.stdout  # everything was done: nothing retrained
     assert len(json.loads(out.read_text())["runs"]) == len(study["runs"])
+
+
+def test_the_committed_study_turns_up_around_each_pick_and_the_readme_shows_it():
+    committed = load_study()
+    for method in ("full", "lora", "qlora"):
+        assert len(grid_runs(committed["runs"], method)) >= 4 and turns_up(committed["runs"], method), method
+        assert committed["picks"][method] == pick(committed["runs"], method)
+        assert spread(committed, method)["accuracy"]["seeds"] >= 3
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "<!-- study table -->" in readme
+    assert study_script.readme_block(readme, committed) == readme, "run python scripts/study.py --readme"
+
+
+def test_the_notebooks_train_at_the_studys_picks_and_their_runs_are_the_studys():
+    committed = load_study()
+    for method in ("full", "lora", "qlora"):
+        assert LEARNING_RATES[method][0] == committed["picks"][method], f"{method}: set LEARNING_RATES to make study's pick"
+        config = json.loads((ROOT / "results" / f"{method}.json").read_text())["config"]
+        assert config["learning_rate"] == committed["picks"][method], f"rerun notebook {method} (make course)"
+        assert any(run["method"] == method and run["learning_rate"] == config["learning_rate"]
+                   and run["seed"] == config["seed"] for run in committed["runs"])
