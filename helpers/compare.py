@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from helpers.evaluate import wilson_interval
@@ -254,3 +256,143 @@ def course_speeds(run: dict) -> dict[str, float]:
         if (r["method"], r["row"]) == ("full", "course, low-memory plan"):
             speeds["full, 8-bit"] = r["tokens_per_second"]
     return speeds
+
+
+def benchmark_runs(path: Path) -> dict[str, dict]:
+    """The runs of results/benchmark.json (`make bench`), less smoke runs; {} where there is no such file."""
+    runs = json.loads(Path(path).read_text(encoding="utf-8"))["runs"] if Path(path).exists() else {}
+    return {key: run for key, run in runs.items() if not key.endswith("(smoke)")}
+
+
+def accuracy_wins(tests: dict[tuple[str, str], dict]) -> set[tuple[str, str]]:
+    """(winner, loser) for each accuracy test of second - first that found a difference (helpers.study)."""
+    return {((b, a) if test["mean"] > 0 else (a, b)) for (a, b), test in tests.items() if test["differs"]}
+
+
+def measured_on_llama_3_2_1b(profile: str, model: str) -> bool:
+    """Whether a profile and model are Llama 3.2 1B's own weights (not a stand-in, not random weights)."""
+    return profile == "hub" and "llama-3.2-1b" in model.lower()
+
+
+def gpu_measurements(gpu_dir: Path) -> list[dict]:
+    """The committed GPU runs (results/gpu/<gpu>/<regime>/<method>.json), each labelled with how it ran."""
+    found = []
+    for path in sorted(Path(gpu_dir).glob("*/*/*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if "method" not in result:  # the check's own log (check-*.json)
+            continue
+        gpu, regime, config = path.parts[-3], path.parts[-2], result["config"]
+        # the run's own settings: the smoke budget's few examples, batched as its notebook batches them
+        per_step = min(config["plan"]["micro_batch"] if "plan" in config else 8, config["train_examples"])
+        settings = f"{per_step} of {config['train_examples']} smoke examples per step"
+        plan_name = config["plan"]["name"] if "plan" in config else config.get("memory_plan", {}).get("name")
+        if plan_name:
+            settings = f"{plan_name} plan, {settings}"
+        # QLoRA runs from before issue 23 kept PEFT's float32 embedding and norms (today's recipe needs less)
+        if result["method"] == "qlora" and "embedding_dtype" not in config:
+            settings += "; PEFT's float32 embedding and norms"
+        memory = train_memory(result)
+        found.append({
+            "gpu": gpu, "regime": regime, "method": result["method"], "plan_name": plan_name, "path": path,
+            "peak_bytes": memory["peak_bytes"], "peak_reserved_bytes": memory["peak_reserved_bytes"],
+            "label": f"measured on {gpu}, {regime} regime ({settings})", "result": result,
+        })
+    return found
+
+
+def gpu_name(gpu: str) -> str:
+    """The chip of a GPU heading: "T4" for "T4 16 GB", "RTX 4090" for "RTX 4090 24 GB"."""
+    return gpu.rsplit(" ", 2)[0]
+
+
+def speed_run_on(bench_runs: dict[str, dict], gpu: str) -> dict | None:
+    """The first benchmark run measured on this GPU heading's chip (a CUDA run that names it), or None."""
+    chip = re.compile(rf"\b{re.escape(gpu_name(gpu))}\b")
+    for run in bench_runs.values():
+        device = run["hardware"].split(" (")[0]  # "cuda NVIDIA H200": a memory cap in brackets names no chip
+        if device.startswith("cuda") and chip.search(device):
+            return run
+    return None
+
+
+def _a(name: str) -> str:
+    """The name with its article, as read aloud: "a T4", "an H100", "an RTX 4090"."""
+    return f"{'an' if name[0] in 'AEFHILMNORSX' else 'a'} {name}"
+
+
+def which_method(
+    plans: dict[str, dict[str, dict]],
+    measurements: list[dict],
+    bench_runs: dict[str, dict],
+    wins: set[tuple[str, str]],
+    *,
+    accuracy_profile: str,
+    accuracy_model: str,
+) -> dict[str, dict]:
+    """Per GPU heading: each method's plan, memory and speed, each labelled with its source; and the choice.
+
+    plans: helpers.fit.notebook_plans. measurements: gpu_measurements. bench_runs: benchmark_runs.
+    wins: accuracy_wins, measured on accuracy_model in accuracy_profile: they count for Llama 3.2 1B only.
+    Memory: the plan's estimate decides; a GPU run of the same plan in the GPU's precision regime (on the GPU
+    it names) is shown beside it. Speed: only a benchmark run on that GPU's own chip; else "not measured".
+    """
+    own = measured_on_llama_3_2_1b(accuracy_profile, accuracy_model)
+    if own:
+        accuracy = f"the study's tests, measured on {accuracy_model}"
+    else:
+        accuracy = (f"not measured for Llama 3.2 1B (the study trained the {accuracy_profile} stand-in, "
+                    f"{accuracy_model}); the choice rests on memory and speed")
+    answer = {}
+    for gpu, by_method in plans.items():
+        run = speed_run_on(bench_runs, gpu)
+        speeds, device = (course_speeds(run), run["hardware"].split(" (")[0]) if run else ({}, None)
+        on_gpu = _a(gpu_name(gpu))
+        options = {}
+        for method, plan in by_method.items():
+            # a GPU run of the same plan (full fine-tuning: the same of notebook 1's plans) in the same regime
+            same_plan = [f"{format_bytes(m['peak_reserved_bytes'])} peak reserved {m['label']}"
+                         for m in measurements if (m["regime"], m["method"]) == (plan["regime"], method)
+                         and (method != "full" or m["plan_name"] == plan["plan_name"])]
+            # the speed of the plan that fits (notebook 1's low-memory plan has its own benchmark row)
+            speed = speeds.get(plan["plan"])
+            need, per_step = format_bytes(plan["need_bytes"]), f"{plan['batch']} x {plan['seq_len']} tokens"
+            options[method] = {
+                "plan": plan["plan"], "fits": plan["fits"], "need_bytes": plan["need_bytes"],
+                "tokens_per_second": speed,
+                "estimated": f"{plan['source']}: {need} estimated at {per_step} per step",
+                "measured": same_plan[0] if same_plan else f"not measured in the {plan['regime']} regime",
+                "speed": f"{speed:,.0f} tokens/s on {device}" if speed else f"speed not measured on {on_gpu}",
+            }
+        noise = (seed_noise(run) or 0.0) if run else 0.0  # how far a second seed alone moved a row's speed
+        choice, why = recommend(options, wins if own else set(), noise)
+        if run:
+            batch, longest = run["course"]["batch"], run["settings"]["max_length"]
+            speed_source = (f"measured on {run['hardware']}: the benchmark's course rows, {run['profile']} "
+                            f"profile, {batch} examples of up to {longest} tokens per step; "
+                            f"seed noise {noise:.0%}")
+        else:
+            speed_source = f"not measured on {on_gpu}"
+        answer[gpu] = {"choice": choice, "why": why, "accuracy": accuracy, "speed": speed_source,
+                       "options": options}
+    return answer
+
+
+def which_method_lines(answer: dict[str, dict]) -> list[str]:
+    """which_method's answer as lines to print: the sources once, then per GPU the choice and each method."""
+    if not answer:
+        return []
+    lines = [
+        f"accuracy: {next(iter(answer.values()))['accuracy']}",
+        "memory: each notebook's own plan, estimated at its examples per step; beside it, a GPU run of that "
+        "plan in that GPU's precision regime where one is committed",
+        "a GPU 'fits' if the estimate is under 90% of its memory minus 0.5 GiB",
+    ]
+    for gpu, found in answer.items():
+        lines += ["", f"{gpu}: {found['choice'] or 'nothing fits at these settings'} ({found['why']})"]
+        for method, option in found["options"].items():
+            verdict = "fits" if option["fits"] else "does not fit"
+            sources = "; ".join(option[key] for key in ("estimated", "measured", "speed"))
+            lines.append(f"    {method:6s} {verdict}; {sources}")
+        if found["speed"].startswith("measured"):  # else each method's line says it was not measured
+            lines.append(f"    speed: {found['speed']}")
+    return lines

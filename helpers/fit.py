@@ -9,6 +9,8 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 
+from helpers.data import load_dataset_any, to_conversational
+from helpers.masking import tokenize_with_mask
 from helpers.memory import (
     count_parameters,
     estimate_training_memory,
@@ -16,7 +18,7 @@ from helpers.memory import (
     format_bytes,
     shape_of,
 )
-from helpers.models import LLAMA_3_2_1B, llama_config
+from helpers.models import CHAT_TEMPLATE_KWARGS, LLAMA_3_2_1B, llama_3_2_tokenizer, llama_config
 from helpers.recipe import lora_config
 
 # GPU memory roughly as nvidia-smi reports it, in MiB, and whether the GPU computes in bf16 natively.
@@ -39,6 +41,19 @@ METHODS = {
     "qlora": "NF4 base, embedding and norms in the compute dtype (bf16; fp16 on a T4); "
     "a float32 adapter (the rank and layers notebook 3 used); paged 8-bit AdamW; gradient checkpointing as for lora",
 }
+
+# Notebook 1's memory plans for full fine-tuning, tried in order (its section 5 writes them out; a test keeps
+# the two equal). "pure bf16" is its last resort, offered only where the GPU computes in bf16.
+FULL_PLANS = [
+    {"name": "plain", "weights": "float32", "optim": "adamw_torch", "micro_batch": 8, "accumulation": 1,
+     "checkpointing": False},
+    {"name": "low memory", "weights": "float32", "optim": "paged_adamw_8bit", "micro_batch": 2,
+     "accumulation": 4, "checkpointing": True},
+    {"name": "pure bf16", "weights": "bfloat16", "optim": "paged_adamw_8bit", "micro_batch": 2,
+     "accumulation": 4, "checkpointing": True},
+]
+ADAPTER_BATCH = 8  # examples per step in notebooks 2 and 3
+RESERVE_BYTES = 2**29  # the CUDA context takes about 0.5 GiB before any tensor
 
 
 def meta_model(spec: dict) -> torch.nn.Module:
@@ -126,31 +141,109 @@ def planned_estimate(
     seq_len: int,
     batch_size: int,
     bf16: bool = True,
-    reserve_bytes: int = 2**29,
+    reserve_bytes: int = RESERVE_BYTES,
     lora_r: int = 16,
     target_modules: str | list[str] = "all-linear",
+    loss_tokens: int | None = None,
 ) -> tuple[bool, dict[str, int], bool]:
     """(fits, estimate, gradient checkpointing) under the memory plan the notebooks would choose on this GPU.
 
     LoRA and QLoRA (notebooks 2 and 3): no checkpointing if the batch fits without it, else checkpointing.
     Full fine-tuning (notebook 1): "full" is its plain plan (no checkpointing), "full, 8-bit" its low-memory one.
+    loss_tokens: positions the LM head scores in the batch (on CUDA, the labelled ones); None: every position.
     """
     options = {"full": [False], "full, 8-bit": [True]}.get(method, [False, True])
     for checkpointing in options:
         estimate = method_estimate(spec, method, seq_len=seq_len, batch_size=batch_size, bf16=bf16,
-                                   gradient_checkpointing=checkpointing, lora_r=lora_r, target_modules=target_modules)
+                                   gradient_checkpointing=checkpointing, lora_r=lora_r,
+                                   target_modules=target_modules, loss_tokens=loss_tokens)
         if fit_verdict(estimate, capacity_bytes, where=where, reserve_bytes=reserve_bytes)[0]:
             return True, estimate, checkpointing
     return False, estimate, checkpointing
 
 
-@functools.cache
-def _first_examples_shape(train_examples: int) -> tuple[int, int]:
-    """(longest example, longest reply) in tokens of the course data's first training examples, in Llama 3.2's template."""
-    from helpers.data import load_dataset_any, to_conversational
-    from helpers.masking import tokenize_with_mask
-    from helpers.models import CHAT_TEMPLATE_KWARGS, llama_3_2_tokenizer
+def regime_of(gpu: str) -> str:
+    """The GPU check's precision regime for one of GPUS: "native" (bf16 compute) or "t4" (fp16, as a T4)."""
+    return "native" if GPUS[gpu][1] else "t4"
 
+
+def choose_full_plan(
+    plans: list[dict], gpu: str, *, seq_len: int, longest_reply: int, spec: dict = LLAMA_3_2_1B
+) -> dict:
+    """Notebook 1's memory plan for full fine-tuning on one of GPUS: the first that fits, each at its batch.
+
+    Each plan is estimated at its micro_batch examples of seq_len tokens, the LM head scoring micro_batch x
+    longest_reply positions (on CUDA TRL scores only the labelled ones). Where the GPU has no bf16, plans with
+    16-bit weights are skipped, as notebook 1 skips them; where it has, they are listed but not estimated
+    (method_estimate keeps float32 master weights).
+    """
+    if not any(plan["weights"] == "float32" for plan in plans):
+        raise ValueError("choose_full_plan needs a plan with float32 weights, as notebook 1's first two are.")
+    mib, has_bf16 = GPUS[gpu]
+    tried = []
+    for plan in plans:
+        batch = plan["micro_batch"]
+        if plan["weights"] != "float32":
+            if has_bf16:
+                tried.append({"name": plan["name"], "micro_batch": batch, "fits": False,
+                              "why": "not estimated here (16-bit weights)"})
+            continue
+        method = "full, 8-bit" if "8bit" in plan["optim"] else "full"
+        estimate = method_estimate(spec, method, seq_len=seq_len, batch_size=batch, bf16=has_bf16,
+                                   gradient_checkpointing=plan["checkpointing"],
+                                   loss_tokens=batch * longest_reply)
+        fits, why = fit_verdict(estimate, mib * 2**20, where=gpu, reserve_bytes=RESERVE_BYTES)
+        tried.append({"name": plan["name"], "micro_batch": batch, "fits": fits, "why": why})
+        chosen = {"plan": method, "plan_name": plan["name"], "batch": batch, "fits": fits,
+                  "estimate": estimate}
+        if fits:
+            break
+    on_gpu = chosen["estimate"].get("total_on_gpu", chosen["estimate"]["total"])
+    return {**chosen, "method": "full", "regime": regime_of(gpu), "seq_len": seq_len, "need_bytes": on_gpu,
+            "paged_bytes": chosen["estimate"]["total"] - on_gpu, "tried": tried,
+            "source": f"notebook 1's {chosen['plan_name']} plan"}
+
+
+def notebook_plans(
+    gpus: list[str],
+    *,
+    seq_len: int,
+    longest_reply: int,
+    spec: dict = LLAMA_3_2_1B,
+    lora_r: int = 16,
+    target_modules: str | list[str] = "all-linear",
+) -> dict[str, dict[str, dict]]:
+    """Per GPU, the plan each training notebook would choose there and its estimate, at the notebook's batch.
+
+    Full fine-tuning: choose_full_plan over FULL_PLANS. LoRA and QLoRA: ADAPTER_BATCH examples, gradient
+    checkpointing only where the batch does not fit without it. Every method at seq_len tokens per example,
+    the LM head scoring each example's longest_reply positions.
+    """
+    answer = {}
+    for gpu in gpus:
+        mib, has_bf16 = GPUS[gpu]
+        options = {"full": choose_full_plan(FULL_PLANS, gpu, seq_len=seq_len, longest_reply=longest_reply,
+                                            spec=spec)}
+        for number, method in ((2, "lora"), (3, "qlora")):
+            fits, estimate, checkpointing = planned_estimate(
+                spec, method, mib * 2**20, where=gpu, seq_len=seq_len, batch_size=ADAPTER_BATCH,
+                bf16=has_bf16, lora_r=lora_r, target_modules=target_modules,
+                loss_tokens=ADAPTER_BATCH * longest_reply,
+            )
+            on_gpu = estimate.get("total_on_gpu", estimate["total"])
+            name = "gradient checkpointing" if checkpointing else "no checkpointing"
+            options[method] = {
+                "method": method, "plan": method, "plan_name": name, "batch": ADAPTER_BATCH, "fits": fits,
+                "estimate": estimate, "regime": regime_of(gpu), "seq_len": seq_len, "need_bytes": on_gpu,
+                "paged_bytes": estimate["total"] - on_gpu, "source": f"notebook {number}'s plan ({name})",
+            }
+        answer[gpu] = options
+    return answer
+
+
+@functools.cache
+def course_data_shape(train_examples: int) -> tuple[int, int]:
+    """(longest example, longest reply) in tokens of the course data's first training examples, in Llama 3.2's template."""
     raw = load_dataset_any("support", None, {"train": train_examples})
     dataset = to_conversational(raw, chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
     tokenizer = llama_3_2_tokenizer()
@@ -167,7 +260,7 @@ def run_estimate(result: dict, todays_recipe: bool = False) -> dict[str, int]:
     """
     config, method, bf16 = result["config"], result["method"], result["dtype"] == "bf16"
     shape = config.get("memory_plan") or dict(
-        zip(("seq_len", "longest_reply"), _first_examples_shape(config["train_examples"]), strict=True)
+        zip(("seq_len", "longest_reply"), course_data_shape(config["train_examples"]), strict=True)
     )
     kwargs = {}
     if method == "full":

@@ -5,8 +5,8 @@
 
 The tiny profile on the CPU, at the notebooks' budget and recipe (helpers/recipe.py: the same model loading, LoRA and
 4-bit configs and SFTConfig as notebooks 1 to 3, and their batches of similar length). For each method:
-1. a half-decade grid of learning rates at the notebooks' seed, widened one step at a time while the lowest
-   validation loss sits at an edge, so that the loss turns up on both sides of the pick;
+1. a half-decade grid of learning rates at the notebooks' seed, widened one step at a time while the validation loss
+   at an edge is within 5% of the lowest, so that the loss clearly turns up on both sides of the pick;
 2. the pick: the rate with the lowest validation loss (the test set never takes part in choosing);
 3. more seeds at the pick (a seed changes the data order and the adapters' initialisation).
 Each run records its per-example validation losses and test scores and its per-paragraph general-text losses, so that
@@ -47,6 +47,7 @@ from helpers.study import GRID_SEED, grid_runs, pick, spread
 # learning rates in half-decade steps; each method's grid starts at four of them and widens along this ladder
 LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 FIRST_GRID = {"full": (1e-4, 3e-4, 1e-3, 3e-3), "lora": (1e-3, 3e-3, 1e-2, 3e-2), "qlora": (1e-3, 3e-3, 1e-2, 3e-2)}
+TURN_UP = 0.05  # the grid widens past an edge whose validation loss is within 5% of the lowest
 SEEDS = (GRID_SEED, 43, 44)  # the notebooks' seed first: the grid's
 BUDGET = {  # the notebooks' budget and evaluation sizes (their parameters cell); --smoke: a few of each
     "train": 2000, "validation": 200, "test": 300, "general_texts": 200, "max_new_tokens": 64,
@@ -63,11 +64,12 @@ def next_rate(runs: list[dict], method: str, first_grid: tuple[float, ...], wide
             return rate
     if not widen:
         return None
-    best, tried = LADDER.index(pick(runs, method)), sorted(LADDER.index(rate) for rate in grid)
-    if best == tried[0] and best > 0:
-        return LADDER[best - 1]
-    if best == tried[-1] and best < len(LADDER) - 1:
-        return LADDER[best + 1]
+    # an edge counts as turned up once its loss is clearly above the lowest, not just by noise
+    lowest, tried = grid[pick(runs, method)]["eval_loss"], sorted(LADDER.index(rate) for rate in grid)
+    if grid[LADDER[tried[0]]]["eval_loss"] < lowest * (1 + TURN_UP) and tried[0] > 0:
+        return LADDER[tried[0] - 1]
+    if grid[LADDER[tried[-1]]]["eval_loss"] < lowest * (1 + TURN_UP) and tried[-1] < len(LADDER) - 1:
+        return LADDER[tried[-1] + 1]
     return None
 
 

@@ -64,6 +64,8 @@ def test_the_pick_is_the_lowest_validation_loss_and_the_grid_widens_past_an_edge
     assert not turns_up(lowest_at_edge, "lora")
     widened = lowest_at_edge + [_run("lora", 3e-4, 42, 0.45, 0.5, 0.1)]
     assert study_script.next_rate(widened, "lora", first_grid) is None and turns_up(widened, "lora")
+    flat_edge = widened[:3] + [_run("lora", 3e-2, 42, 0.41, 0.5, 0.1)]  # 0.41: within 5% of the lowest, 0.4
+    assert study_script.next_rate(flat_edge + widened[4:], "lora", first_grid) == 1e-1
     assert study_script.next_rate(lowest_at_edge, "lora", first_grid, widen=False) is None  # --smoke
 
 
