@@ -14,9 +14,9 @@ from helpers.models import add_pad_token, keep_4bit_layers_trainable
 
 METHODS = ("full", "lora", "qlora")
 LEARNING_RATES = {  # (tiny, real model): full below LoRA; tiny picked by make study, real the common 1e-5 / 2e-4
-    "full": (5e-4, 1e-5),
-    "lora": (5e-3, 2e-4),
-    "qlora": (5e-3, 2e-4),
+    "full": (1e-3, 1e-5),
+    "lora": (3e-3, 2e-4),
+    "qlora": (3e-3, 2e-4),
 }
 
 

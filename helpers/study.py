@@ -111,19 +111,34 @@ def forgetting_at(points: list[tuple[float, float, float]], loss: float) -> floa
     return points[best][2] if loss == points[best][1] else None
 
 
-def matched_learning(study: dict, first: str, second: str) -> str:
-    """Which of two methods forgot less at the same validation loss, where their curves share one; or 'not shown'.
+def least_forgetting(points: list[tuple[float, float, float]], loss: float) -> tuple[float, float, float] | None:
+    """Of the runs that learned at least as much as `loss` (read off the curve where it crosses it), the one that
+    forgot least, as (learning rate, validation loss, forgetting); None if none did."""
+    reached = [p for p in points if p[1] <= loss]
+    crossing = forgetting_at(points, loss)
+    if crossing is not None:
+        reached.append((float("nan"), loss, crossing))
+    return min(reached, key=lambda p: p[2], default=None)
 
-    A gap counts only when it exceeds the larger of the two methods' forgetting spreads over seeds at their picks.
+
+def matched_learning(study: dict, first: str, second: str) -> str:
+    """Which of two methods forgot less while learning at least as much, or 'not shown'.
+
+    The level is the worse of the two methods' best validation losses: both reach it. Each method is read at its least
+    forgetting among its runs at or below that loss (and where its curve crosses it). A gap counts only when it
+    exceeds the larger of the two methods' forgetting spreads over seeds at their picks.
     """
     a, b = frontier(study, first), frontier(study, second)
-    level = max(min(p[1] for p in a), min(p[1] for p in b))  # the best loss both reach
-    forget_a, forget_b = forgetting_at(a, level), forgetting_at(b, level)
-    if forget_a is None or forget_b is None:
-        return f"{first} vs {second}: not shown (their validation-loss curves share no level)"
+    level = max(min(p[1] for p in a), min(p[1] for p in b))
+    best_a, best_b = least_forgetting(a, level), least_forgetting(b, level)
     noise = max(spread(study, m)["forgetting"]["high"] - spread(study, m)["forgetting"]["low"] for m in (first, second))
-    where = f"at validation loss {level:.3f}: forgetting {forget_a:+.3f} ({first}) vs {forget_b:+.3f} ({second})"
-    if abs(forget_a - forget_b) <= noise:
-        return f"{first} vs {second}: not shown ({where}, within the seed spread of {noise:.3f})"
-    less = first if forget_a < forget_b else second
-    return f"{first} vs {second}: {less} forgot less {where}, beyond the seed spread of {noise:.3f}"
+
+    def where(method: str, point: tuple[float, float, float]) -> str:
+        rate = "where its curve crosses it" if point[0] != point[0] else f"at rate {point[0]:g}"  # nan: a crossing
+        return f"{method} {rate}: validation loss {point[1]:.3f}, forgetting {point[2]:+.3f}"
+
+    found = f"learning at least to validation loss {level:.3f}: {where(first, best_a)}; {where(second, best_b)}"
+    if abs(best_a[2] - best_b[2]) <= noise:
+        return f"{first} vs {second}: not shown ({found}; within the seed spread of {noise:.3f})"
+    less = first if best_a[2] < best_b[2] else second
+    return f"{first} vs {second}: {less} forgot less ({found}; beyond the seed spread of {noise:.3f})"
