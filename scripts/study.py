@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         return None
 
     times = [r["run_seconds"] for r in runs]
+    times_before = list(times)
     while (job := todo()) is not None:
         method, rate, seed = job
         if method not in study["baselines"]:
@@ -209,7 +210,9 @@ def main(argv: list[str] | None = None) -> None:
         save()
         started = time.perf_counter()
         gc.collect()
-    save(picks={method: pick(runs, method) for method in args.methods})
+    picks = {method: pick(runs, method) for method in args.methods}
+    if len(runs) > len(times_before) or study.get("picks") != picks:  # a study with nothing new keeps its stamp
+        save(picks=picks)
     for method in args.methods:
         curve = ", ".join(f"{rate:g}: {run['eval_loss']:.3f}" for rate, run in sorted(grid_runs(runs, method).items()))
         print(f"{method}: picked {study['picks'][method]:g} (validation loss by rate: {curve})")
