@@ -140,6 +140,10 @@ FIELDS = {
     "tools": (lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v), "a list of tool objects"),
     "chat_template_kwargs": (lambda v: isinstance(v, dict), "an object of chat-template arguments"),
     "generation_config": (_json_object, "a string holding a JSON object of generation settings"),
+    # what this server cannot do is refused, not ignored
+    "n": (lambda v: _whole(v) and v == 1, "1: this server returns one choice per request"),
+    "logprobs": (lambda v: v is False, "false: this server does not return log-probabilities"),
+    "top_logprobs": (lambda v: _whole(v) and v == 0, "0: this server does not return log-probabilities"),
 }
 
 
@@ -176,6 +180,13 @@ def check_messages(messages: object) -> None:
                 f"{where}.content",
                 f"`{where}.content` must be a string (or a list of content parts with a \"type\"), got {content!r}.",
             )
+        for number, part in enumerate(content if parts_ok else []):
+            if part["type"] != "text" or not isinstance(part.get("text"), str):
+                raise BadRequest(
+                    f"{where}.content[{number}]",
+                    f"`{where}.content[{number}]` is a {part['type']!r} part: this model reads text only, so each "
+                    'part must be {"type": "text", "text": "..."} (or send the content as a string).',
+                )
 
 
 def reject_bad_request(handler, body: dict) -> None:

@@ -137,6 +137,15 @@ BAD_REQUESTS = {
     "negative max_tokens": (json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": -3}), 400, "`max_tokens` must be"),
     "text max_tokens": (json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": "lots"}), 400, "`max_tokens` must be"),
     "negative temperature": (json.dumps({"model": MODEL, "messages": MESSAGES, "temperature": -1}), 400, "`temperature` must"),
+    "an image, no text": (
+        json.dumps({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+        400,
+        "reads text only",
+    ),
+    "no choices": (json.dumps({"model": MODEL, "messages": MESSAGES, "n": 0}), 400, "`n` must be 1"),
+    "two choices": (json.dumps({"model": MODEL, "messages": MESSAGES, "n": 2}), 400, "one choice per request"),
+    "logprobs as text": (json.dumps({"model": MODEL, "messages": MESSAGES, "logprobs": "many"}), 400, "`logprobs` must"),
+    "logprobs asked for": (json.dumps({"model": MODEL, "messages": MESSAGES, "logprobs": True}), 400, "log-probabilities"),
 }
 
 
@@ -154,6 +163,7 @@ ODD_VALUES = [None, True, -1, 0, 3.5, 1e9, "x", "", [], {}, [1], {"a": 1}, ["a",
 FUZZED_FIELDS = [
     "model", "messages", "stream", "max_tokens", "max_completion_tokens", "temperature", "top_p", "frequency_penalty",
     "seed", "stop", "logit_bias", "tools", "chat_template_kwargs", "generation_config", "role", "content",
+    "n", "logprobs", "top_logprobs",
 ]
 
 
