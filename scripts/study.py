@@ -57,7 +57,7 @@ SMOKE_BUDGET = {**BUDGET, "train": 16, "validation": 4, "test": 2, "general_text
 
 
 def next_rate(runs: list[dict], method: str, first_grid: tuple[float, ...], widen: bool = True) -> float | None:
-    """The next learning rate to try at the grid's seed: the first grid's, then one step past an edge that is lowest."""
+    """The next rate at the grid's seed: the first grid's, then one step past an edge within TURN_UP of the lowest."""
     grid = grid_runs(runs, method)
     for rate in first_grid:
         if rate not in grid:
@@ -73,7 +73,7 @@ def next_rate(runs: list[dict], method: str, first_grid: tuple[float, ...], wide
     return None
 
 
-def baseline(method: str, path: str, tokenizer, dataset, general: list[str], budget: dict) -> dict:
+def baseline(method: str, path: str, tokenizer, dataset, general: list[str]) -> dict:
     """The untrained model's validation loss and general-text losses (QLoRA's base is the 4-bit one)."""
     model = load_model(method, path, detect_hardware().precision.torch_dtype, "cpu", SEEDS[0], tokenizer=tokenizer)
     return {
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         method, rate, seed = job
         if method not in study["baselines"]:
             print(f"{method}: the untrained model's losses", flush=True)
-            study["baselines"][method] = baseline(method, path, tokenizer, dataset, general, budget)
+            study["baselines"][method] = baseline(method, path, tokenizer, dataset, general)
         left = sum(max(0, len(first_grid[m]) + len(seeds) - 1 - sum(r["method"] == m for r in runs))
                    for m in args.methods)
         eta = f", about {left * sum(times) / len(times) / 60:.0f} min left" if times else ""
