@@ -131,7 +131,8 @@ def matched_learning(study: dict, first: str, second: str) -> str:
     a, b = frontier(study, first), frontier(study, second)
     level = max(min(p[1] for p in a), min(p[1] for p in b))
     best_a, best_b = least_forgetting(a, level), least_forgetting(b, level)
-    noise = max(spread(study, m)["forgetting"]["high"] - spread(study, m)["forgetting"]["low"] for m in (first, second))
+    forgetting = [spread(study, m)["forgetting"] for m in (first, second)]
+    noise = max(f["high"] - f["low"] for f in forgetting)
 
     def where(method: str, point: tuple[float, float, float]) -> str:
         rate = "where its curve crosses it" if point[0] != point[0] else f"at rate {point[0]:g}"  # nan: a crossing

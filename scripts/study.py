@@ -119,7 +119,8 @@ def markdown_table(study: dict) -> str:
              "seeds | forgetting at the pick |", "|---|---|---|---|---|"]
     for method in study["picks"]:
         curve = ", ".join(f"{rate:g}: {run['eval_loss']:.3f}" for rate, run in sorted(grid_runs(study["runs"], method).items()))
-        acc, forgot = spread(study, method)["accuracy"], spread(study, method)["forgetting"]
+        measured = spread(study, method)
+        acc, forgot = measured["accuracy"], measured["forgetting"]
         lines.append(f"| {method} | {curve} | {study['picks'][method]:g} | {acc['mean']:.1%} ({acc['low']:.1%} to "
                      f"{acc['high']:.1%}, {acc['seeds']} seeds) | {forgot['mean']:+.3f} nats |")
     lines.append(f"\n`{study['command']}` at {study['commit']}: {len(study['runs'])} runs in "
