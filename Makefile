@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: course test lint venv clean-venv smoke-random gpu-check-dry-run bench serve study
+.PHONY: course test lint venv clean-venv smoke-random py313 gpu-check-dry-run bench serve study gguf-check
 
 venv: $(STAMP)
 
@@ -45,6 +45,12 @@ study: $(STAMP)
 	TQDM_DISABLE=1 $(PY) scripts/study.py
 	$(PY) scripts/study.py --readme
 
+# Notebook 2's merged model (outputs/lora-merged, from make course) exported to GGUF and run through llama.cpp itself:
+# stops at the end of turn, f16 replies against the HF model's, accuracy of f16, q8_0 and Q4_K_M -> results/gguf.json.
+# Builds llama-cpp-python from source the first time (10 to 16 minutes on 2 cores; the wheel is kept in .cache/wheels).
+gguf-check: $(STAMP)
+	$(PY) scripts/gguf_check.py
+
 # An OpenAI-compatible chat-completions API on 127.0.0.1 for a model or LoRA adapter folder (transformers serve),
 # in the foreground until Ctrl-C: make serve MODEL=outputs/lora-merged PORT=8001
 MODEL ?= models/tiny-llama-support
@@ -59,6 +65,23 @@ smoke-random: $(STAMP)
 	COURSE_OUTPUT_DIR=$(CURDIR)/.cache/smoke-random/outputs \
 	$(PY) scripts/run_course.py --out .cache/smoke-random --summary .cache/smoke-random/summary.json --no-compare \
 	notebooks/01_full_finetuning.ipynb notebooks/02_lora.ipynb notebooks/03_qlora.ipynb
+
+# Python 3.13 (Colab's): .venv313 from requirements.txt (on CPU, PyPI's CUDA build of torch: a 5.7 GB venv), the unit
+# tests, and notebook 2 with the smoke budget into .cache/py313/. PYTHON313: python3.13 where that runs, else pyenv's
+# 3.13.0; or name one: make py313 PYTHON313=/usr/bin/python3.13
+PYTHON313 ?= $(shell python3.13 -V >/dev/null 2>&1 && echo python3.13 || echo $(HOME)/.pyenv/versions/3.13.0/bin/python)
+PY313 := .venv313/bin/python
+py313:
+	test -x $(PY313) || $(PYTHON313) -m venv .venv313
+	$(PY313) -c 'import sys; assert sys.version_info[:2] == (3, 13), sys.version'
+	$(PY313) -m pip install --quiet --upgrade pip
+	$(PY313) -m pip install --quiet -r requirements.txt
+	$(PY313) -m pip install --quiet --no-deps -e .
+	COURSE_PROFILE=tiny COURSE_RESULTS_DIR=$(CURDIR)/.cache/py313/test-results \
+	COURSE_OUTPUT_DIR=$(CURDIR)/.cache/py313/test-outputs $(PY313) -m pytest -q -p no:cacheprovider tests
+	COURSE_PROFILE=tiny COURSE_SMOKE=1 COURSE_RESULTS_DIR=$(CURDIR)/.cache/py313/results \
+	COURSE_OUTPUT_DIR=$(CURDIR)/.cache/py313/outputs \
+	$(PY313) scripts/run_course.py --out .cache/py313 --summary .cache/py313/summary.json --no-compare notebooks/02_lora.ipynb
 
 # What scripts/gpu_check.sh would run on a GPU (it does this by itself where there is no CUDA).
 gpu-check-dry-run: $(STAMP)

@@ -10,8 +10,9 @@ writes
     data/support/validation.jsonl   300 examples
     data/support/test.jsonl         300 examples
     data/pretrain/corpus.txt       ~1.5 MB of prose, one paragraph per line
-    data/pretrain/heldout.txt       200 more paragraphs from the same generator with no sentence in corpus.txt: the tiny
-                                   model's general-text set (its loss before and after fine-tuning measures forgetting)
+    data/pretrain/heldout.txt       200 more paragraphs from the same generator with no sentence in
+                                   corpus.txt: the tiny model's general-text set (its loss before and after
+                                   fine-tuning measures forgetting)
 
 Each support example is one JSON object per line with the keys
 id, category, order_id, product, prompt, completion. The completion always
@@ -257,7 +258,8 @@ CORE = {
         "I want my money back for the {product} ({oref}).",
         "The {product} I ordered did not meet my expectations, so I am asking for a refund on {oref}.",
         "Can I get a refund on {oref}? The {product} {is} not what I expected.",
-        "I was charged for the {product} in {oref}, but I returned {it} already. When will the refund come through?",
+        "I was charged for the {product} in {oref}, but I returned {it} already. "
+        "When will the refund come through?",
         "I am requesting a full refund for the {product}. My order number is {num}.",
         "I am writing to ask for my money back for the {product} that came with {oref}.",
         "How do I get refunded for the {product}? The order number is {num}.",
@@ -455,37 +457,48 @@ REPLY_OPENERS = {
 REPLY_BODIES = {
     "refund": [
         "I have started a refund for your {product}, and you will see it within five working days.",
-        "A full refund for your {product} from order {order} is now on its way to your original payment method.",
-        "I have issued a refund for the {product}, and it should reach your account in three to five working days.",
-        "Your refund for order {order} has been approved, and the money will be back on your card within a week.",
+        "A full refund for your {product} from order {order} is now on its way to "
+        "your original payment method.",
+        "I have issued a refund for the {product}, "
+        "and it should reach your account in three to five working days.",
+        "Your refund for order {order} has been approved, "
+        "and the money will be back on your card within a week.",
         "I have refunded the {product} in order {order}, and you will get a confirmation email shortly.",
     ],
     "return": [
-        "I have emailed you a prepaid return label for your {product}, so please send {it} back within fourteen days.",
+        "I have emailed you a prepaid return label for your {product}, "
+        "so please send {it} back within fourteen days.",
         "You can return the {product} from order {order} using the label I have just sent to your email.",
         "I have opened a return for order {order}, and a free return label is waiting in your inbox.",
-        "Please pack the {product} in the original box, attach the label we sent, and drop the parcel at any post office.",
-        "Your return for the {product} is approved, and we will refund you as soon as the parcel reaches our warehouse.",
+        "Please pack the {product} in the original box, attach the label we sent, "
+        "and drop the parcel at any post office.",
+        "Your return for the {product} is approved, "
+        "and we will refund you as soon as the parcel reaches our warehouse.",
     ],
     "shipping_delay_product": [
         "I have asked the courier to locate your {product}, and I will email you an update within two days.",
         "Your {product} from order {order} is moving again and should arrive within three working days.",
-        "I have opened an investigation for order {order}, and if your {product} {is} lost we will send a replacement free of charge.",
+        "I have opened an investigation for order {order}, "
+        "and if your {product} {is} lost we will send a replacement free of charge.",
     ],
     "shipping_delay": [
         "I have asked the courier to check order {order}, and I will email you an update within two days.",
         "Order {order} is moving again and should reach you within three working days.",
-        "I have opened an investigation for order {order}, and if the parcel is lost we will send a replacement free of charge.",
+        "I have opened an investigation for order {order}, "
+        "and if the parcel is lost we will send a replacement free of charge.",
         "The courier has confirmed that order {order} is at your local depot and will be delivered tomorrow.",
     ],
     "damaged_item": [
         "A replacement for your {product} is on its way, and you do not need to send the damaged one back.",
-        "I have arranged a free replacement for your {product} from order {order}, and it will ship tomorrow.",
-        "You can choose between a replacement and a full refund for the {product}, so just tell us which you prefer.",
+        "I have arranged a free replacement for your {product} from order {order}, "
+        "and it will ship tomorrow.",
+        "You can choose between a replacement and a full refund for the {product}, "
+        "so just tell us which you prefer.",
         "I have sent a replacement for the {product} in order {order} by express delivery at no extra cost.",
     ],
     "cancel_order_product": [
-        "I have cancelled order {order} for the {product}, and you will receive a confirmation email shortly.",
+        "I have cancelled order {order} for the {product}, "
+        "and you will receive a confirmation email shortly.",
         "Order {order} with the {product} is now cancelled, and you will not be charged.",
     ],
     "cancel_order": [
@@ -494,15 +507,20 @@ REPLY_BODIES = {
         "I have stopped order {order} before it left our warehouse, and a confirmation email is on its way.",
     ],
     "change_address": [
-        "Please reply with the full new address for order {order}, and I will update it before the parcel ships.",
-        "The delivery address on order {order} can still be changed, so please send the new street, house number and postcode.",
+        "Please reply with the full new address for order {order}, "
+        "and I will update it before the parcel ships.",
+        "The delivery address on order {order} can still be changed, so please send the new street, "
+        "house number and postcode.",
         "I have put order {order} on hold so that we can update the address as soon as you send it.",
     ],
     "account_access": [
-        "I have sent a password reset link to the email address on your account, so please check your spam folder too.",
+        "I have sent a password reset link to the email address on your account, "
+        "so please check your spam folder too.",
         "I have unlocked your account, so you can sign in again now and choose a new password.",
-        "For your security, please use the reset link I have just emailed you, and reply if it does not work.",
-        "I have sent a new verification code to your phone, and it will stay valid for the next fifteen minutes.",
+        "For your security, please use the reset link I have just emailed you, "
+        "and reply if it does not work.",
+        "I have sent a new verification code to your phone, "
+        "and it will stay valid for the next fifteen minutes.",
     ],
     "product_question_stock": [
         "The {product} {is} in stock right now and usually ship{s} within one working day.",
@@ -518,11 +536,13 @@ REPLY_BODIES = {
     ],
     "product_question_care": [
         "You can clean the {product} with a soft damp cloth, but please avoid strong detergents.",
-        "The care guide for the {product} is on the product page, and a gentle wipe with a damp cloth is usually enough.",
+        "The care guide for the {product} is on the product page, "
+        "and a gentle wipe with a damp cloth is usually enough.",
     ],
     "product_question_size": [
         "You will find the exact dimensions of the {product} in the details section, just below the photos.",
-        "The size of the {product} is listed on the product page, and I am happy to measure anything else for you.",
+        "The size of the {product} is listed on the product page, "
+        "and I am happy to measure anything else for you.",
     ],
     "product_question_giftwrap": [
         "Yes, we can gift wrap the {product}, so just tick the gift option at checkout.",
@@ -784,7 +804,8 @@ PARAGRAPHS = {
     ),
     "customer_diary": (
         [
-            "Dear diary, today I ordered {a_product} from {shop}, and the confirmation email said order {order}.",
+            "Dear diary, today I ordered {a_product} from {shop}, "
+            "and the confirmation email said order {order}.",
             "{day}. I finally bought {a_product}, and I wrote the order number {order} on a sticky note.",
             "My old {product2} broke last week, so on {day} I ordered {a_product} from {shop}.",
             "It is {day} evening and I am waiting for order {order}, my new {product}.",
@@ -798,7 +819,8 @@ PARAGRAPHS = {
             "I keep thinking about where to put the {product} when {they} arrive{s}.",
             "{carrier} sent a text saying the parcel would arrive between {time} and the evening.",
             "I also looked at {a_product2}, but I will wait until next month for that.",
-            "If the {product} {is} not right, the return window is thirty days, so there is no need to worry.",
+            "If the {product} {is} not right, the return window is thirty days, "
+            "so there is no need to worry.",
         ],
         [
             "On {day2} order {order} arrived, and I love the {product} already.",
@@ -841,15 +863,20 @@ PARAGRAPHS = {
             "We want every customer to feel looked after, even when something goes wrong with an order.",
         ],
         [
-            "To start a return, the customer asks for a prepaid label and sends the item back in its original box.",
-            "Refunds go back to the original payment method within five working days after the parcel reaches our warehouse.",
+            "To start a return, the customer asks for a prepaid label and sends the item "
+            "back in its original box.",
+            "Refunds go back to the original payment method within five working days after the "
+            "parcel reaches our warehouse.",
             "An order can be cancelled free of charge until it leaves the warehouse.",
             "The delivery address can be changed as long as the parcel has not been shipped yet.",
-            "Damaged items are replaced at no cost, and the customer does not need to send the broken one back.",
+            "Damaged items are replaced at no cost, "
+            "and the customer does not need to send the broken one back.",
             "Sale items can be returned too, although gift cards cannot.",
             "If a parcel is late by more than a week, we open an investigation with the courier.",
-            "For example, if order {order} arrived on {day}, the customer has thirty days from {day} to send it back.",
-            "A customer who ordered {a_product} by mistake can cancel the order within the first hour without any questions.",
+            "For example, if order {order} arrived on {day}, "
+            "the customer has thirty days from {day} to send it back.",
+            "A customer who ordered {a_product} by mistake can cancel the order within the first "
+            "hour without any questions.",
             "Account problems, such as a forgotten password, are solved with a reset link sent by email.",
         ],
         [
@@ -884,7 +911,8 @@ PARAGRAPHS = {
             "Either way, mentioning the order number, such as {order}, makes everything faster.",
             "If none of this helps, our support team is happy to look into it personally.",
             "We hope this answers the question, and we are always glad to hear from our customers.",
-            "With the order number {order} in hand, the support team can usually fix the problem in one reply.",
+            "With the order number {order} in hand, "
+            "the support team can usually fix the problem in one reply.",
         ],
     ),
     "warehouse_notes": (
@@ -920,7 +948,8 @@ PARAGRAPHS = {
         ],
         [
             "The customer, {name3}, says the {product} arrived with a cracked corner.",
-            "The tracking for order {order} has not moved since {day}, and the customer is understandably worried.",
+            "The tracking for order {order} has not moved since {day}, "
+            "and the customer is understandably worried.",
             "I have already apologised and promised an update by tomorrow.",
             "The customer would like a refund rather than a replacement, which is fine by our policy.",
             "I checked the stock, and we have {n} of the {product} left on shelf {shelf}.",
@@ -943,13 +972,15 @@ PARAGRAPHS = {
             "{name} started {shop} with a single product, {a_product}.",
         ],
         [
-            "One customer, {name2}, wrote that order {order} had not arrived, so {name} called {carrier} straight away.",
+            "One customer, {name2}, wrote that order {order} had not arrived, "
+            "so {name} called {carrier} straight away.",
             "Another customer wanted to return the {product2} because the colour was not quite right.",
             "{name} always starts a reply with a warm thank you, even when the customer is upset.",
             "That day, {n} orders went out, and each one had a handwritten note inside.",
             "A parcel came back damaged, and {name} sent a new one the same afternoon without being asked.",
             "The {product} {was} selling faster than ever, and the shelf was nearly empty by noon.",
-            "A regular customer asked whether the {product} could be gift wrapped, and of course {they} could.",
+            "A regular customer asked whether the {product} could be gift wrapped, "
+            "and of course {they} could.",
             "{name} updated the delivery address for a customer who had just moved to {city2}.",
         ],
         [
@@ -961,7 +992,8 @@ PARAGRAPHS = {
     ),
     "support_training": (
         [
-            "When a customer writes that order {order} is late, a good agent first thanks them for reaching out.",
+            "When a customer writes that order {order} is late, "
+            "a good agent first thanks them for reaching out.",
             "New support agents at {shop} learn a simple rule: read the whole message before answering.",
             "Imagine a customer whose {product} arrived broken.",
             "Training note for new agents about refunds, returns and cancellations.",
@@ -970,10 +1002,14 @@ PARAGRAPHS = {
             "The agent then finds the order number, such as {order}, and checks the tracking.",
             "Every reply should be short, polite and clear about the next step.",
             "If the item is damaged, the agent apologises and offers a replacement or a refund.",
-            "If the customer wants to cancel, the agent checks whether the parcel has already left the warehouse.",
-            "For account problems, the agent sends a password reset link and suggests checking the spam folder.",
-            "When a customer asks about a product, the agent answers the question and points to the product page.",
-            "It is important to repeat the exact order number, {order}, so the customer knows it is the right one.",
+            "If the customer wants to cancel, "
+            "the agent checks whether the parcel has already left the warehouse.",
+            "For account problems, the agent sends a password reset link and suggests "
+            "checking the spam folder.",
+            "When a customer asks about a product, "
+            "the agent answers the question and points to the product page.",
+            "It is important to repeat the exact order number, {order}, "
+            "so the customer knows it is the right one.",
             "The agent never promises a date that the courier cannot keep.",
         ],
         [
@@ -1017,7 +1053,8 @@ PARAGRAPHS = {
         [
             "Parcel {order} was addressed to {name2}, who had asked for it to be left with a neighbour.",
             "Rain made the labels hard to read, so {name} checked each barcode with the scanner.",
-            "One customer had changed the delivery address that morning, and the new route appeared on the screen.",
+            "One customer had changed the delivery address that morning, "
+            "and the new route appeared on the screen.",
             "A dog barked at every door on the street, but nobody was home to sign for the parcels.",
             "{name} left a card saying that parcel {order2} could be collected from the depot.",
             "The van stopped for lunch in {city2}, and {name} checked the list of late deliveries.",
@@ -1027,7 +1064,8 @@ PARAGRAPHS = {
         [
             "At the end of the route, parcel {order} was the last one signed for, and {name} drove home.",
             "By {time}, every parcel but one had been delivered, and parcel {order2} went back to the depot.",
-            "On the way back, {name} remembered parcel {order} and smiled, because that customer had waited a long time.",
+            "On the way back, {name} remembered parcel {order} and smiled, "
+            "because that customer had waited a long time.",
         ],
     ),
     "product_review": (
@@ -1115,10 +1153,10 @@ def normalised(sentence: str) -> str:
 def generate_heldout(seed: int = SEED, count: int = HELDOUT_PARAGRAPHS, min_sentences: int = 3) -> list[str]:
     """Paragraphs from the corpus's generator in which no sentence (normalised) is one the corpus holds.
 
-    The generator fills templates, so most of its fixed sentences recur in corpus.txt: each draw keeps only the
-    sentences the corpus never had (new names, order numbers, products, days), each once, and a paragraph needs
-    min_sentences of them. Text from the stand-in's own pretraining distribution (shop-domain prose) that it never
-    read, not text unlike the task.
+    The generator fills templates, so most of its fixed sentences recur in corpus.txt: each draw keeps only
+    the sentences the corpus never had (new names, order numbers, products, days), each once, and a paragraph
+    needs min_sentences of them. Text from the stand-in's own pretraining distribution (shop-domain prose)
+    that it never read, not text unlike the task.
     """
     rng = random.Random(seed + 8)
     pool = order_pools(seed)["corpus"]

@@ -1,5 +1,6 @@
-"""The course's plumbing: hardware, models, data, memory, evaluation and results, for the notebooks and scripts."""
+"""The plumbing of the notebooks and scripts: hardware, models, data, memory, evaluation and results."""
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent  # the course folder: data/, models/, notebooks/, requirements.txt
+# the course folder: data/, models/, notebooks/, requirements.txt
+ROOT = Path(__file__).resolve().parent.parent

@@ -11,14 +11,14 @@ from helpers import ROOT
 
 
 def shown(path: str | Path) -> str:
-    """A path as the notebooks print it: relative to the course folder when inside it, so outputs hold no machine paths."""
+    """A path as printed: relative to the course folder when inside it, so outputs hold no machine paths."""
     path = Path(path).resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder to save into; it replaces path only if the block completes, else the old folder stays."""
+    """Yield a temporary folder to save into; it replaces path only if the block completes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")

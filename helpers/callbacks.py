@@ -1,4 +1,4 @@
-"""Trainer callbacks that guard a run: stop at a non-finite loss, Ctrl-C saves a checkpoint; finding a good one."""
+"""Callbacks that guard a run: stop at a non-finite loss, Ctrl-C saves a checkpoint; finding a good one."""
 
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ class StopOnNonFiniteLoss(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if args.logging_nan_inf_filter:
             raise ValueError(
-                "logging_nan_inf_filter=True (the default) replaces nan/inf losses with the average of earlier ones "
-                "in the log, hiding a diverged run. Fix: pass logging_nan_inf_filter=False to SFTConfig / "
-                "TrainingArguments."
+                "logging_nan_inf_filter=True (the default) replaces nan/inf losses with the average of "
+                "earlier ones in the log, hiding a diverged run. Fix: pass logging_nan_inf_filter=False to "
+                "SFTConfig / TrainingArguments."
             )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -49,20 +49,27 @@ class StopOnNonFiniteLoss(TrainerCallback):
                 ) else "no finite loss was logged before"
                 checkpoint = last_good_checkpoint(args.output_dir, quiet=True)
                 raise FloatingPointError(
-                    f"Training stopped at step {state.global_step}: {key} is {value} ({last}). Likely causes: "
-                    f"a learning rate too high ({args.learning_rate:g}: try 10x lower, with warmup); float16 "
-                    "overflow (use bf16 on Ampere+ GPUs, or fp16 mixed precision with float32 weights); "
-                    "examples whose answer was cut off entirely (all labels -100: run check_lengths); "
-                    "a bad data row. "
-                    + (f"Last good checkpoint: {checkpoint}." if checkpoint else "No checkpoint was saved yet.")
+                    f"Training stopped at step {state.global_step}: {key} is {value} ({last}). "
+                    f"Likely causes: a learning rate too high ({args.learning_rate:g}: "
+                    "try 10x lower, with warmup); float16 overflow (use bf16 on Ampere+ GPUs, "
+                    "or fp16 mixed precision with float32 weights); examples whose answer was cut off "
+                    "entirely (all labels -100: run check_lengths); a bad data row. "
+                    + (
+                        f"Last good checkpoint: {checkpoint}."
+                        if checkpoint
+                        else "No checkpoint was saved yet."
+                    )
                 )
         if logs.get("loss") is not None:
             self.last_finite = (state.global_step, logs["loss"])
 
 
 def check_checkpoint_limit(args) -> None:
-    """Refuse saving checkpoints without save_total_limit (each full fine-tuning checkpoint of 1B is ~15 GB)."""
-    if str(getattr(args.save_strategy, "value", args.save_strategy)) != "no" and args.save_total_limit is None:
+    """Refuse saving checkpoints without save_total_limit (a full fine-tuning checkpoint of 1B is ~15 GB)."""
+    if (
+        str(getattr(args.save_strategy, "value", args.save_strategy)) != "no"
+        and args.save_total_limit is None
+    ):
         raise ValueError(
             "save_total_limit is None: every checkpoint is kept until the disk fills (a full fine-tuning "
             "checkpoint of Llama 3.2 1B with its optimizer states is ~15 GB). Fix: save_total_limit=2."
@@ -70,7 +77,7 @@ def check_checkpoint_limit(args) -> None:
 
 
 def checkpoint_problem(folder: str | Path) -> str | None:
-    """Why a checkpoint folder cannot be resumed from (missing or unreadable files), or None if it is complete."""
+    """Why a checkpoint folder cannot be resumed from (missing or unreadable files), or None when complete."""
     folder = Path(folder)
     missing = [name for name in _RESUME_FILES if not (folder / name).is_file()]
     if not any((folder / name).is_file() for name in _WEIGHT_FILES):
@@ -91,7 +98,7 @@ def checkpoint_problem(folder: str | Path) -> str | None:
 
 
 def last_good_checkpoint(output_dir: str | Path, quiet: bool = False) -> str | None:
-    """The newest complete checkpoint-N folder in output_dir (skipping broken ones), or None to start fresh."""
+    """The newest complete checkpoint-N in output_dir (skipping broken ones), or None to start fresh."""
     say = (lambda *a: None) if quiet else print
     if not Path(output_dir).is_dir():
         say(f"No checkpoints yet ({shown(output_dir)} does not exist): training starts from the beginning.")
@@ -121,8 +128,10 @@ def _training(frame) -> bool:
 
 
 class CheckpointOnInterrupt(TrainerCallback):
-    """Ctrl-C, a kernel interrupt or SIGTERM during training: finish the step, save a checkpoint, stop, say how to
-    resume. A second press stops at once, naming the last complete checkpoint."""
+    """On Ctrl-C, a kernel interrupt or SIGTERM: finish the step, save a checkpoint, stop, say how to resume.
+
+    A second press stops at once, naming the last complete checkpoint.
+    """
 
     def __init__(self) -> None:
         self.interrupted = False
@@ -139,10 +148,17 @@ class CheckpointOnInterrupt(TrainerCallback):
             last = last_good_checkpoint(self.output_dir, quiet=True)
             raise KeyboardInterrupt(
                 "Training was stopped mid-step. "
-                + (f"Re-run this cell (or the same command) to resume from {shown(last)}." if last else "No checkpoint was saved yet.")
+                + (
+                    f"Re-run this cell (or the same command) to resume from {shown(last)}."
+                    if last
+                    else "No checkpoint was saved yet."
+                )
             )
         self.interrupted = True
-        print("Interrupt received: finishing this step and saving a checkpoint. Interrupt again to stop at once.")
+        print(
+            "Interrupt received: finishing this step and saving a checkpoint. "
+            "Interrupt again to stop at once."
+        )
 
     def install(self) -> None:
         """Catch SIGINT and SIGTERM (main thread only; elsewhere nothing changes)."""
@@ -173,7 +189,7 @@ class CheckpointOnInterrupt(TrainerCallback):
         self.uninstall()
         if self.interrupted:
             raise KeyboardInterrupt(
-                f"Training interrupted at step {self.step}; checkpoint saved in {shown(args.output_dir)}/"
-                f"checkpoint-{self.step}. Re-run this cell (or the same command) to resume from it (later cells would otherwise use a "
-                "half-trained model)."
+                f"Training interrupted at step {self.step}; checkpoint saved in "
+                f"{shown(args.output_dir)}/checkpoint-{self.step}. Re-run this cell (or the same command) "
+                "to resume from it (later cells would otherwise use a half-trained model)."
             )

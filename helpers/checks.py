@@ -1,4 +1,4 @@
-"""Checks that name the fix: precision, special tokens, LoRA targets, adapter and base match, the tracker login."""
+"""Checks that name the fix: precision, special tokens, LoRA targets, adapter-base match, tracker login."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from helpers.models import end_of_turn, stop_token_ids
+from helpers.chat import end_of_turn, stop_token_ids
 
 FINGERPRINT_FILE = "base_fingerprint.json"
 _FINGERPRINT_CONFIG_KEYS = (
@@ -31,20 +31,22 @@ _FINGERPRINT_CONFIG_KEYS = (
 
 
 def check_trainable_dtypes(model: torch.nn.Module, fp16: bool) -> int:
-    """Refuse float16 trainable weights with fp16=True (and no trainable weights); return the trainable count."""
+    """Refuse float16 trainable weights with fp16=True (and none at all); return the trainable count."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(
-            "No parameter requires grad, so training would change nothing. Fix: for full fine-tuning load the model "
-            "without freezing it; for LoRA call get_peft_model(model, lora_config) before building the trainer."
+            "No parameter requires grad, so training would change nothing. "
+            "Fix: for full fine-tuning load the model without freezing it; "
+            "for LoRA call get_peft_model(model, lora_config) before building the trainer."
         )
     half = [n for n, p in trainable if p.dtype == torch.float16]
     if fp16 and half:
         raise ValueError(
-            f"{len(half)} trainable parameters are float16 (first: {half[0]}), and fp16=True: the Trainer would stop "
-            "with 'Attempting to unscale FP16 gradients'. Fix: load the weights you train in float32 "
-            "(from_pretrained(..., dtype=torch.float32)) and keep fp16=True for mixed precision, or use bf16 on an "
-            "Ampere-or-newer GPU; do not call model.half() or model.to(torch.float16) after get_peft_model."
+            f"{len(half)} trainable parameters are float16 (first: {half[0]}), and fp16=True: "
+            "the Trainer would stop with 'Attempting to unscale FP16 gradients'. "
+            "Fix: load the weights you train in float32 (from_pretrained(..., dtype=torch.float32)) "
+            "and keep fp16=True for mixed precision, or use bf16 on an Ampere-or-newer GPU; "
+            "do not call model.half() or model.to(torch.float16) after get_peft_model."
         )
     return sum(p.numel() for _, p in trainable)
 
@@ -55,16 +57,17 @@ def check_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     problems = []
     if tokenizer.pad_token_id is None:
         problems.append(
-            "the tokenizer has no pad token (no token in its vocabulary can pad safely): add one, "
-            "tokenizer.add_special_tokens({'pad_token': '<|pad|>'}), then model.resize_token_embeddings(len(tokenizer)) "
-            "if len(tokenizer) is larger than the embedding (helpers.models.add_pad_token does both)"
+            "the tokenizer has no pad token (no token in its vocabulary can pad safely): "
+            "add one, tokenizer.add_special_tokens({'pad_token': '<|pad|>'}), "
+            "then model.resize_token_embeddings(len(tokenizer)) if len(tokenizer) "
+            "is larger than the embedding (helpers.chat.add_pad_token does both)"
         )
     elif tokenizer.pad_token_id in stops:
         problems.append(
-            f"the pad token {tokenizer.pad_token!r} is a stop token, so padding and the end of a reply are one token: "
-            "transformers' DataCollatorForLanguageModeling sets every pad-id label to -100, so a model trained with it "
-            "never learns to stop, and generate cannot infer an attention mask from the padding (something set "
-            "pad = eos: reload with helpers.models.load_tokenizer)"
+            f"the pad token {tokenizer.pad_token!r} is a stop token, so padding and the end of a reply are "
+            "one token: transformers' DataCollatorForLanguageModeling sets every pad-id label to -100, "
+            "so a model trained with it never learns to stop, and generate cannot infer an attention mask "
+            "from the padding (something set pad = eos: reload with helpers.chat.load_tokenizer)"
         )
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
@@ -131,8 +134,11 @@ def _base_of(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _weight_sample(model: torch.nn.Module, n: int = 1024, rows: str = "first half") -> list[float]:
-    """n evenly spaced values of the input embedding (never touched by LoRA), as floats. "first half": ordinary
-    tokens only, since a pad token added for fine-tuning gets a new last row; "all": fingerprints saved before."""
+    """n evenly spaced values of the input embedding (never touched by LoRA), as floats.
+
+    "first half": ordinary tokens only, since a pad token added for fine-tuning gets a new last row;
+    "all": fingerprints saved before.
+    """
     weight = _base_of(model).get_input_embeddings().weight.detach()
     weight = (weight[: max(1, len(weight) // 2)] if rows == "first half" else weight).flatten()
     step = max(1, weight.numel() // n)
@@ -163,7 +169,7 @@ def _short_name(name_or_path: str) -> str:
 
 
 def check_adapter_base(adapter_dir: str | Path, base_model: PreTrainedModel) -> None:
-    """Refuse loading an adapter onto a base it was not trained on: other name, other shapes or other weights."""
+    """Refuse loading an adapter onto a base it was not trained on: another name, shapes or weights."""
     adapter_dir = Path(adapter_dir)
     config_path = adapter_dir / "adapter_config.json"
     if not config_path.is_file():
@@ -171,9 +177,12 @@ def check_adapter_base(adapter_dir: str | Path, base_model: PreTrainedModel) -> 
     config = json.loads(config_path.read_text(encoding="utf-8"))
     base_name = base_model.name_or_path or None
     trained_on = config.get("base_model_name_or_path")
-    how = f"Fix: load the base the adapter was trained on ({trained_on or 'see ' + FINGERPRINT_FILE}) and retry."
+    where = trained_on or "see " + FINGERPRINT_FILE
+    how = f"Fix: load the base the adapter was trained on ({where}) and retry."
     if trained_on and base_name and _short_name(trained_on) != _short_name(base_name):
-        raise ValueError(f"The adapter in {adapter_dir} was trained on '{trained_on}', not '{base_name}'. {how}")
+        raise ValueError(
+            f"The adapter in {adapter_dir} was trained on '{trained_on}', not '{base_name}'. {how}"
+        )
 
     fingerprint_path = adapter_dir / FINGERPRINT_FILE
     if fingerprint_path.is_file():
@@ -184,14 +193,16 @@ def check_adapter_base(adapter_dir: str | Path, base_model: PreTrainedModel) -> 
             if v != getattr(base_model.config, k, None)
         ]
         if differ:
-            raise ValueError(f"The adapter in {adapter_dir} was trained on a base with {', '.join(differ)}. {how}")
+            raise ValueError(
+                f"The adapter in {adapter_dir} was trained on a base with {', '.join(differ)}. {how}"
+            )
         saved = torch.tensor(fingerprint["embedding_sample"])
         now = torch.tensor(_weight_sample(base_model, len(saved), fingerprint.get("sample_rows", "all")))
         if now.shape != saved.shape or (now - saved).abs().max() > 1e-2 * saved.abs().max():
             raise ValueError(
-                f"The adapter in {adapter_dir} was trained on a base with the same shapes but different weights "
-                f"(e.g. base vs -Instruct, or random vs pretrained): it would load silently and give poor output. "
-                f"{how}"
+                f"The adapter in {adapter_dir} was trained on a base with the same shapes but different "
+                "weights (e.g. base vs -Instruct, or random vs pretrained): "
+                f"it would load silently and give poor output. {how}"
             )
 
     modules = dict(_base_of(base_model).named_modules())
@@ -209,8 +220,8 @@ def check_adapter_base(adapter_dir: str | Path, base_model: PreTrainedModel) -> 
                 raise ValueError(f"The adapter trains {module_name}, which this base does not have. {how}")
             if getattr(module, "in_features", in_features) != in_features:
                 raise ValueError(
-                    f"The adapter was trained for a base whose {module_name} takes {in_features} input features; "
-                    f"this base's takes {module.in_features} (a different model size). {how}"
+                    f"The adapter was trained for a base whose {module_name} takes {in_features} input "
+                    f"features; this base's takes {module.in_features} (a different model size). {how}"
                 )
 
 
@@ -220,20 +231,24 @@ def check_adapter_base(adapter_dir: str | Path, base_model: PreTrainedModel) -> 
 
 
 def check_report_to(report_to: str) -> None:
-    """Fail at once, with the fix, if the chosen tracker is not installed or (wandb) not logged in: never a prompt."""
+    """Fail at once, with the fix, if the tracker is not installed or (wandb) not logged in; never prompt."""
     trackers = {"none": None, "tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb"}
     if report_to not in trackers:
         raise ValueError(f"REPORT_TO={report_to!r} is not one of {', '.join(map(repr, trackers))}.")
     package = trackers[report_to]
     if package and importlib.util.find_spec(package) is None:
         login = {"wandb": ", then `wandb login` (or set WANDB_API_KEY)", "trackio": ""}.get(package, "")
-        raise ModuleNotFoundError(f"REPORT_TO={report_to!r} needs {package}: pip install {package}{login}, then re-run.")
+        raise ModuleNotFoundError(
+            f"REPORT_TO={report_to!r} needs {package}: pip install {package}{login}, then re-run."
+        )
     if report_to == "wandb" and os.environ.get("WANDB_MODE") not in ("offline", "disabled"):
         netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-        logged_in = os.environ.get("WANDB_API_KEY") or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+        logged_in = os.environ.get("WANDB_API_KEY") or (
+            netrc.is_file() and "api.wandb.ai" in netrc.read_text()
+        )
         if not logged_in:
             raise RuntimeError(
-                "REPORT_TO='wandb' but this machine is not logged in to Weights & Biases, so training would stop at a "
-                "login prompt. Fix: run `wandb login` in a terminal (or set WANDB_API_KEY; in Colab: Secrets), or set "
-                "WANDB_MODE=offline to log locally, then re-run."
+                "REPORT_TO='wandb' but this machine is not logged in to Weights & Biases, "
+                "so training would stop at a login prompt. Fix: run `wandb login` in a terminal (or set "
+                "WANDB_API_KEY; in Colab: Secrets), or set WANDB_MODE=offline to log locally, then re-run."
             )

@@ -1,4 +1,4 @@
-"""Loading, checking and scoring the fine-tuning data.
+"""Loading and checking the fine-tuning data, its chat format, token lengths and batches.
 
 Every dataset is normalised to two string columns, `prompt` and `completion`.
 Problems are reported as ValueError messages that say what is wrong, where, and
@@ -23,8 +23,10 @@ from helpers import ROOT
 
 SUPPORT_DIR = ROOT / "data" / "support"
 _SPLITS = ("train", "validation", "test")
-_HELDOUT_TEXT = SUPPORT_DIR.parent / "pretrain" / "heldout.txt"  # the tiny model's generator, unseen sentences
-_GENERAL_TEXT = SUPPORT_DIR.parent / "general" / "paragraphs.txt"  # general English prose written for this course
+# the tiny model's generator, unseen sentences
+_HELDOUT_TEXT = SUPPORT_DIR.parent / "pretrain" / "heldout.txt"
+# general English prose written for this course
+_GENERAL_TEXT = SUPPORT_DIR.parent / "general" / "paragraphs.txt"
 _SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation"}
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".csv")
 _SPLIT_SEED = 42
@@ -51,8 +53,9 @@ def read_text(path: str | Path) -> str:
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         raise ValueError(
-            f"{path} is not UTF-8 text: byte 0x{raw[err.start]:02x} on line {line} cannot be decoded. "
-            "Re-save the file as UTF-8 (in most editors: Save As, then choose the UTF-8 encoding) and try again."
+            f"{path} is not UTF-8 text: byte 0x{raw[err.start]:02x} on line {line} cannot be "
+            "decoded. Re-save the file as UTF-8 (in most editors: "
+            "Save As, then choose the UTF-8 encoding) and try again."
         ) from None
 
 
@@ -166,7 +169,7 @@ def _type_name(value: object) -> str:
 
 
 def load_support(split_sizes: dict | None = None) -> DatasetDict:
-    """Load the course's support dataset (train/validation/test), optionally only the first N of each split."""
+    """Load the course's support dataset (train/validation/test), optionally the first N of each split."""
     splits = {}
     for split in _SPLITS:
         path = SUPPORT_DIR / f"{split}.jsonl"
@@ -189,8 +192,9 @@ def example_ids(ds: Dataset) -> list[str]:
 def load_general_text(profile: str, limit: int | None = None) -> tuple[list[str], str]:
     """The forgetting check's texts (the first `limit`; None: all) and a line that says what they are.
 
-    The tiny model gets paragraphs from its own pretraining generator with no sentence its corpus holds (shop-domain
-    prose, the task's domain); every other model the course's general English prose, unlike the task.
+    The tiny model gets paragraphs from its own pretraining generator with no sentence its corpus holds
+    (shop-domain prose, the task's domain); every other model the course's general English prose,
+    unlike the task.
     """
     path = _HELDOUT_TEXT if profile == "tiny" else _GENERAL_TEXT
     texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:limit]
@@ -202,7 +206,7 @@ def load_general_text(profile: str, limit: int | None = None) -> tuple[list[str]
 
 
 def _take_first(dd: DatasetDict, split_sizes: dict, cap: bool = False) -> DatasetDict:
-    """Keep only the first N rows of the named splits, e.g. {"train": 800, "test": 100}; cap: N may exceed a split."""
+    """Keep the first N rows of the named splits, e.g. {"train": 800}; cap: N may exceed a split."""
     result = DatasetDict(dict(dd))
     for split, size in split_sizes.items():
         if split not in dd:
@@ -219,10 +223,10 @@ def _take_first(dd: DatasetDict, split_sizes: dict, cap: bool = False) -> Datase
 def load_dataset_any(
     source: str, column_map: dict | None = None, split_sizes: dict | None = None, split: str | None = None
 ) -> DatasetDict:
-    """Load "support", a local .jsonl/.json/.csv file or a Hugging Face dataset id as train/validation/test, checked.
+    """Load "support", a local .jsonl/.json/.csv file or a hub dataset id as checked train/validation/test.
 
     column_map renames your columns, e.g. {"prompt": "question", "completion": "answer"}.
-    split_sizes keeps the first N rows of each split, e.g. {"train": 2000}: all of a smaller split of your data.
+    split_sizes keeps the first N rows of each split, e.g. {"train": 2000}: all of a smaller split.
     split picks one split of the source, which is then divided into train/validation/test.
     """
     if source == "support":
@@ -253,7 +257,7 @@ def load_dataset_any(
 
 
 def _load_from_hub(dataset_id: str) -> DatasetDict:
-    """datasets.load_dataset(dataset_id) as a DatasetDict; a missing, gated or unreachable dataset names the fix."""
+    """load_dataset(dataset_id) as a DatasetDict; a missing, gated or unreachable dataset names the fix."""
     try:
         loaded = datasets.load_dataset(dataset_id)
     except Exception as error:  # datasets raises several types: not found, gated, offline, bad config
@@ -331,7 +335,8 @@ def _from_messages(ds: Dataset, source_name: str) -> Dataset:
         raise ValueError(
             f"{source_name}: {len(bad_rows)} row(s) of 'messages' have no user message followed by an "
             f"assistant message, first rows {bad_rows[:_SHOW_ROWS]} (counted from 0). "
-            'Each conversation needs {"role": "user", ...} then {"role": "assistant", ...}; fix or remove those rows.'
+            'Each conversation needs {"role": "user", ...} then {"role": "assistant", ...}; '
+            "fix or remove those rows."
         )
     ds = ds.add_column("prompt", prompts)
     return ds.add_column("completion", completions)
@@ -416,7 +421,8 @@ def validate_examples(ds: Dataset, source_name: str) -> None:
             )
         if blank:
             problems.append(
-                f"'{column}' is empty or only whitespace in {len(blank)} row(s), first rows {blank[:_SHOW_ROWS]}"
+                f"'{column}' is empty or only whitespace in {len(blank)} row(s), "
+                f"first rows {blank[:_SHOW_ROWS]}"
             )
     if problems:
         raise ValueError(
@@ -436,7 +442,8 @@ def to_conversational(
 ) -> Dataset | DatasetDict:
     """Turn prompt/completion strings into TRL's conversational prompt-completion format.
 
-    chat_template_kwargs (e.g. {"date_string": "26 Jul 2024"}) is stored per example; TRL passes it to the template.
+    chat_template_kwargs (e.g. {"date_string": "26 Jul 2024"}) is stored per example;
+    TRL passes it to the template.
     """
 
     def convert(example: dict) -> dict:
@@ -516,7 +523,7 @@ def drop_too_long(ds: Dataset, tokenizer, max_length: int) -> Dataset:
 
 
 def padding_share(lengths: list[int], batch_size: int) -> float:
-    """Share of the positions in consecutive batches of batch_size that are padding (each padded to its longest)."""
+    """The share of padding over consecutive batches of batch_size examples, each padded to its longest."""
     batches = [lengths[i : i + batch_size] for i in range(0, len(lengths), batch_size)]
     return 1 - sum(lengths) / sum(max(batch) * len(batch) for batch in batches)
 
@@ -524,10 +531,10 @@ def padding_share(lengths: list[int], batch_size: int) -> float:
 def batches_of_similar_length(ds: Dataset, tokenizer, batch_size: int, seed: int, pool: int = 50) -> Dataset:
     """Reorder ds so that each run of batch_size rows has similar lengths, the runs in random order.
 
-    Train on the result in order (train_sampling_strategy="sequential"). Rows are shuffled, sorted by length within
-    pools of `pool` batches, cut into batches, and the batches shuffled. transformers' own
-    train_sampling_strategy="group_by_length" keeps each pool longest-first instead, and that ordering cost LoRA
-    half its task accuracy in this course (notebook 4, "Making it faster and leaner").
+    Train on the result in order (train_sampling_strategy="sequential"). Rows are shuffled, sorted by length
+    within pools of `pool` batches, cut into batches, and the batches shuffled. transformers' own
+    train_sampling_strategy="group_by_length" keeps each pool longest-first instead, and that ordering cost
+    LoRA half its task accuracy in this course (notebook 4, "Making it faster and leaner").
     """
     lengths = token_lengths(ds, tokenizer)
     rng = random.Random(seed)

@@ -1,4 +1,4 @@
-"""Evaluation: loss and perplexity on held-out answers, task accuracy (or chrF on other data) by greedy generation."""
+"""Evaluation: loss and perplexity on held-out answers, and task accuracy (or chrF) of greedy replies."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from helpers.chat import stop_token_ids
 from helpers.masking import chat_ids, tokenize_with_mask
-from helpers.models import stop_token_ids
 from helpers.scoring import REPLY_FIELDS, TASK_ACCURACY, score_any, score_replies
+from helpers.stats import wilson_interval
 
 
 def longest_first(lengths: list[int]) -> list[int]:
@@ -19,8 +20,10 @@ def longest_first(lengths: list[int]) -> list[int]:
 
 
 @torch.no_grad()
-def _row_losses(model: PreTrainedModel, rows: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int, desc: str):
-    """Summed loss and labelled-token count of each (ids, labels) row, in the rows' order, and the padding share."""
+def _row_losses(
+    model: PreTrainedModel, rows: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int, desc: str
+):
+    """Each (ids, labels) row's summed loss and labelled-token count, in order, and the padding share."""
     model.eval()
     device = next(model.parameters()).device
     sums, counts = [0.0] * len(rows), [0] * len(rows)
@@ -44,24 +47,39 @@ def _row_losses(model: PreTrainedModel, rows: list[tuple[list[int], list[int]]],
     return sums, counts, 1 - real / computed
 
 
-def eval_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, batch_size: int = 16) -> dict:
-    """Mean loss per answer token over a conversational prompt/completion dataset, its perplexity, padding share,
-    and each example's own mean loss (`per_example`, in the dataset's order) for paired comparisons."""
+def eval_loss(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, batch_size: int = 16
+) -> dict:
+    """Mean loss per answer token over a conversational prompt/completion dataset, perplexity, padding share.
+
+    Also each example's own mean loss (`per_example`, in the dataset's order), for paired comparisons.
+    """
     rows = [tokenize_with_mask(tokenizer, ex) for ex in dataset]
     sums, counts, padding = _row_losses(model, rows, tokenizer.pad_token_id, batch_size, "eval loss")
     mean = sum(sums) / sum(counts)
-    return {"eval_loss": mean, "perplexity": math.exp(mean), "answer_tokens": sum(counts), "padding_share": padding,
-            "per_example": [s / c for s, c in zip(sums, counts, strict=True)]}
+    return {
+        "eval_loss": mean,
+        "perplexity": math.exp(mean),
+        "answer_tokens": sum(counts),
+        "padding_share": padding,
+        "per_example": [s / c for s, c in zip(sums, counts, strict=True)],
+    }
 
 
-def text_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 16) -> dict:
-    """Mean loss per token on plain texts (no chat template, every token after the first scored) and per text."""
+def text_loss(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 16
+) -> dict:
+    """Mean loss per token on plain texts and per text (no chat template, all tokens but the first scored)."""
     rows = []
     for text in texts:
         ids = tokenizer(text, truncation=True, max_length=512)["input_ids"]  # with the tokenizer's BOS
         rows.append((ids, ids))
     sums, counts, _ = _row_losses(model, rows, tokenizer.pad_token_id, batch_size, "text loss")
-    return {"loss": sum(sums) / sum(counts), "tokens": sum(counts), "per_text": [s / c for s, c in zip(sums, counts, strict=True)]}
+    return {
+        "loss": sum(sums) / sum(counts),
+        "tokens": sum(counts),
+        "per_text": [s / c for s, c in zip(sums, counts, strict=True)],
+    }
 
 
 @torch.no_grad()
@@ -72,10 +90,11 @@ def generate_replies(
     max_new_tokens: int = 64,
     batch_size: int = 100,
 ) -> list[str]:
-    """Greedy replies to chat prompts, batched longest first with left padding, stopping on the end-of-turn token.
+    """Greedy replies to chat prompts, batched longest first with left padding, stopping at the end of turn.
 
-    100 prompts a batch: on 2 CPU cores the course's 300 test replies took 10.0 s (4-bit tiny model) and 9.2 s (float32)
-    instead of 17.4 s and 11.6 s at 32 (each generation step costs about the same whatever the batch).
+    100 prompts a batch: on 2 CPU cores the course's 300 test replies took 10.0 s (4-bit tiny model) and
+    9.2 s (float32) instead of 17.4 s and 11.6 s at 32 (each generation step costs about the same
+    whatever the batch).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -106,7 +125,7 @@ def generate_replies(
 def _replies_and_references(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, max_new_tokens: int = 64
 ) -> tuple[list[str], list[str]]:
-    """A greedy reply to each example's prompt, and each example's reference answer (the completion's last message)."""
+    """A greedy reply to each example's prompt, and its reference answer (the completion's last message)."""
     replies = generate_replies(model, tokenizer, [ex["prompt"] for ex in dataset], max_new_tokens)
     return replies, [ex["completion"][-1]["content"] for ex in dataset]
 
@@ -122,25 +141,33 @@ def task_accuracy(
 def reply_scores(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dataset, max_new_tokens: int = 64
 ) -> tuple[dict, list[str]]:
-    """Generate a reply for each test example; task accuracy if every reference has the header lines, else chrF."""
+    """Generate a reply per test example; task accuracy if every reference has the header lines, else chrF."""
     replies, references = _replies_and_references(model, tokenizer, dataset, max_new_tokens)
     return score_any(replies, references), replies
 
 
 @torch.no_grad()
 def copy_probe(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pool: list[str], length: int = 30, n: int = 32, seed: int = 0
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pool: list[str],
+    length: int = 30,
+    n: int = 32,
+    seed: int = 0,
 ) -> dict:
-    """Mean loss per token on the first and the second copy of random strings drawn from pool, each shown twice."""
+    """Mean loss per token on the first and second copy of random strings from pool, each shown twice."""
     model.eval()
     device = next(model.parameters()).device
     rng = torch.Generator().manual_seed(seed)
     pool_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in pool]
     if any(len(ids) != 1 for ids in pool_ids):
-        raise ValueError("copy_probe needs a pool of strings that are one token each; check the pool and tokenizer.")
+        raise ValueError(
+            "copy_probe needs a pool of strings that are one token each; check the pool and tokenizer."
+        )
     pool_ids = torch.tensor([ids[0] for ids in pool_ids])
     strings = pool_ids[torch.randint(len(pool_ids), (n, length), generator=rng)]
-    # a first token that is never predicted: the start of text, or end of sequence where a model has none (ChatML)
+    # a first token that is never predicted: the start of text,
+    # or the end of sequence where a model has none (ChatML)
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     ids = torch.cat([torch.full((n, 1), start), strings, strings], dim=1).to(device)
     logits = model(input_ids=ids).logits.float()
@@ -149,15 +176,6 @@ def copy_probe(
     # (the first token of each copy cannot be predicted from anything before it)
     first, second = loss[:, 1:length].mean().item(), loss[:, length + 1 :].mean().item()
     return {"first_copy": first, "second_copy": second, "ratio": second / first}
-
-
-def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval (z=1.96) for a success rate measured on n examples."""
-    if n <= 0:
-        raise ValueError(f"wilson_interval needs at least one example, got n={n}.")
-    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def with_interval(rate: float, n: int) -> str:
@@ -170,5 +188,6 @@ def score_line(scores: dict) -> str:
     """reply_scores' scores in one line: task accuracy with its interval and each field, or chrF."""
     if scores["metric"] == TASK_ACCURACY:
         fields = ", ".join(f"{key} {scores[key]:.0%}" for key in REPLY_FIELDS)
-        return f"task accuracy (all three fields exact) {with_interval(scores['accuracy'], scores['n'])}; per field: {fields}"
+        accuracy = with_interval(scores["accuracy"], scores["n"])
+        return f"task accuracy (all three fields exact) {accuracy}; per field: {fields}"
     return f"chrF {scores['chrF']:.1f} of 100 (character n-grams shared with the reference), n={scores['n']}"

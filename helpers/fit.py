@@ -9,6 +9,7 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 
+from helpers.chat import CHAT_TEMPLATE_KWARGS
 from helpers.data import load_dataset_any, to_conversational
 from helpers.masking import tokenize_with_mask
 from helpers.memory import (
@@ -18,8 +19,9 @@ from helpers.memory import (
     format_bytes,
     shape_of,
 )
-from helpers.models import CHAT_TEMPLATE_KWARGS, LLAMA_3_2_1B, llama_3_2_tokenizer, llama_config
 from helpers.recipe import lora_config
+from helpers.shapes import LLAMA_3_2_1B, llama_config
+from helpers.stand_in import llama_3_2_tokenizer
 
 # GPU memory roughly as nvidia-smi reports it, in MiB, and whether the GPU computes in bf16 natively.
 GPUS = {
@@ -35,11 +37,13 @@ GPUS = {
 METHODS = {
     "full": "all weights; float32 master weights and gradients under bf16 (fp16 on a T4) autocast, "
     "PyTorch AdamW (float32 moments), 16-bit autocast copies of the weights; no gradient checkpointing",
-    "full, 8-bit": "as full, with bitsandbytes' paged 8-bit AdamW (1 byte per moment) and gradient checkpointing",
-    "lora": "bf16 frozen base; a float32 adapter (the rank and layers notebook 2 used) with PyTorch AdamW; gradient "
-    "checkpointing only where the batch would not fit without it (as notebooks 2 and 3)",
+    "full, 8-bit": "as full, with bitsandbytes' paged 8-bit AdamW (1 byte per moment) "
+    "and gradient checkpointing",
+    "lora": "bf16 frozen base; a float32 adapter (the rank and layers notebook 2 used) with PyTorch AdamW; "
+    "gradient checkpointing only where the batch would not fit without it (as notebooks 2 and 3)",
     "qlora": "NF4 base, embedding and norms in the compute dtype (bf16; fp16 on a T4); "
-    "a float32 adapter (the rank and layers notebook 3 used); paged 8-bit AdamW; gradient checkpointing as for lora",
+    "a float32 adapter (the rank and layers notebook 3 used); paged 8-bit AdamW; "
+    "gradient checkpointing as for lora",
 }
 
 # Notebook 1's memory plans for full fine-tuning, tried in order (its section 5 writes them out; a test keeps
@@ -71,7 +75,9 @@ def lora_trainable_params(spec: dict, r: int, target_modules: str | list[str] = 
 @functools.cache  # a second call with the same shape, rank and targets is free (PEFT takes up to 1.5 s on 8B)
 def _peft_count(spec_json: str, r: int, targets: str | tuple[str, ...]) -> int:
     """lora_trainable_params for a shape given as JSON (hashable, so the count is computed once)."""
-    config = lora_config(r=r, lora_alpha=2 * r, target_modules=targets if isinstance(targets, str) else list(targets))
+    config = lora_config(
+        r=r, lora_alpha=2 * r, target_modules=targets if isinstance(targets, str) else list(targets)
+    )
     with torch.device("meta"):
         return count_parameters(get_peft_model(meta_model(json.loads(spec_json)), config))[0]
 
@@ -92,8 +98,8 @@ def method_estimate(
 ) -> dict[str, int]:
     """Estimated training memory (weights, gradients, optimizer states, activations, total) of one method.
 
-    loss_tokens: positions with a label in the largest micro-batch (what TRL's LM head scores on CUDA); None: all.
-    upcast: QLoRA with prepare_model_for_kbit_training's float32 embedding and norms kept (False: 16-bit, the course).
+    loss_tokens: labelled positions in the largest micro-batch (what TRL's LM head scores on CUDA); None: all.
+    upcast: QLoRA keeps PEFT's float32 embedding and norms (False: 16-bit, as the course).
     adapter_fp32: QLoRA's adapter in float32 (the course); False: bf16 under bf16, as SFTTrainer casts it.
     """
     if method not in METHODS:
@@ -112,7 +118,10 @@ def method_estimate(
         trainable = lora_trainable_params(spec, lora_r, target_modules)
         grad_bytes, optimizer = adapter_bytes, "paged_adamw_8bit"
         other_bytes = 4 if upcast else 2
-        weight_bytes = estimate_weight_bytes(model, dtype_bytes=other_bytes, quantize_linear=True)["total"] + trainable * adapter_bytes
+        weight_bytes = (
+            estimate_weight_bytes(model, dtype_bytes=other_bytes, quantize_linear=True)["total"]
+            + trainable * adapter_bytes
+        )
     c = model.config
     return estimate_training_memory(
         total_params=total,
@@ -124,11 +133,13 @@ def method_estimate(
         seq_len=seq_len,
         **shape_of(c),
         activation_bytes=2,
-        residual_bytes=4 if method.startswith("full") or (method == "qlora" and upcast) else 2,  # float32 embedding
+        # 4 bytes where the embedding (and so the residual stream) is float32
+        residual_bytes=4 if method.startswith("full") or (method == "qlora" and upcast) else 2,
         loss_tokens=loss_tokens,
         gradient_checkpointing=gradient_checkpointing,
         autocast_copy_params=copies,
-        embedding_params=c.vocab_size * c.hidden_size if method.startswith("full") else 0,  # 32-bit states with 8-bit AdamW
+        # the embedding keeps 32-bit states under 8-bit AdamW
+        embedding_params=c.vocab_size * c.hidden_size if method.startswith("full") else 0,
     )
 
 
@@ -149,7 +160,8 @@ def planned_estimate(
     """(fits, estimate, gradient checkpointing) under the memory plan the notebooks would choose on this GPU.
 
     LoRA and QLoRA (notebooks 2 and 3): no checkpointing if the batch fits without it, else checkpointing.
-    Full fine-tuning (notebook 1): "full" is its plain plan (no checkpointing), "full, 8-bit" its low-memory one.
+    Full fine-tuning (notebook 1): "full" is its plain plan (no checkpointing),
+    "full, 8-bit" its low-memory one.
     loss_tokens: positions the LM head scores in the batch (on CUDA, the labelled ones); None: every position.
     """
     options = {"full": [False], "full, 8-bit": [True]}.get(method, [False, True])
@@ -243,7 +255,7 @@ def notebook_plans(
 
 @functools.cache
 def course_data_shape(train_examples: int) -> tuple[int, int]:
-    """(longest example, longest reply) in tokens of the course data's first training examples, in Llama 3.2's template."""
+    """(longest example, longest reply) in tokens, as Llama 3.2's template writes the first train_examples."""
     raw = load_dataset_any("support", None, {"train": train_examples})
     dataset = to_conversational(raw, chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
     tokenizer = llama_3_2_tokenizer()
@@ -252,11 +264,13 @@ def course_data_shape(train_examples: int) -> tuple[int, int]:
 
 
 def run_estimate(result: dict, todays_recipe: bool = False) -> dict[str, int]:
-    """Today's estimate for a notebook's run with Llama 3.2 1B's shapes, from the plan and data its results file records.
+    """Today's estimate of a notebook's run at Llama 3.2 1B's shapes, from the plan and data it recorded.
 
-    Runs from before issue 23 record no memory_plan: their batch is measured from the course data's first examples,
-    and QLoRA's dtypes are PEFT's and TRL's (float32 embedding and norms, bf16 adapters under bf16), unless
-    todays_recipe asks for notebook 3's (16-bit embedding and norms, float32 adapters) with the same plan and data.
+    Older runs record no memory_plan: their batch is measured from the course data's first examples. QLoRA
+    runs that record no embedding_dtype (made before the recipe kept the embedding and norms in the
+    compute dtype) get PEFT's and TRL's dtypes (float32 embedding and norms, bf16 adapters under bf16),
+    unless todays_recipe asks for notebook 3's (16-bit embedding and norms, float32 adapters) with the
+    same plan and data.
     """
     config, method, bf16 = result["config"], result["method"], result["dtype"] == "bf16"
     shape = config.get("memory_plan") or dict(
@@ -272,23 +286,35 @@ def run_estimate(result: dict, todays_recipe: bool = False) -> dict[str, int]:
         checkpointing = config.get("memory_plan", {}).get("name") == "gradient checkpointing"
     if method == "qlora" and "embedding_dtype" not in config and not todays_recipe:
         kwargs = {"upcast": True, "adapter_fp32": not bf16}
-    if method != "full":  # the run's own adapter (runs before issue 25 record no targets: all linear layers)
-        kwargs.update(lora_r=config.get("lora_r", 16), target_modules=config.get("target_modules", "all-linear"))
-    return method_estimate(LLAMA_3_2_1B, name, seq_len=shape["seq_len"], batch_size=batch, bf16=bf16,
-                           gradient_checkpointing=checkpointing, loss_tokens=batch * shape["longest_reply"], **kwargs)
+    # the run's own adapter (older runs record no rank or targets: they trained r=16 on all linear layers)
+    if method != "full":
+        kwargs.update(
+            lora_r=config.get("lora_r", 16), target_modules=config.get("target_modules", "all-linear")
+        )
+    return method_estimate(
+        LLAMA_3_2_1B,
+        name,
+        seq_len=shape["seq_len"],
+        batch_size=batch,
+        bf16=bf16,
+        gradient_checkpointing=checkpointing,
+        loss_tokens=batch * shape["longest_reply"],
+        **kwargs,
+    )
 
 
 def fit_verdict(
     estimate: dict[str, int], capacity_bytes: int, *, where: str, reserve_bytes: int = 0, margin: float = 0.1
 ) -> tuple[bool, str]:
-    """Whether an estimate (with a "total") fits in capacity_bytes, keeping a margin; (fits, a sentence why)."""
+    """Whether an estimate (with a "total") fits in capacity_bytes with a margin: (fits, a sentence why)."""
     usable = int(capacity_bytes * (1 - margin)) - reserve_bytes
     parts = sorted(((k, v) for k, v in estimate.items() if not k.startswith("total")), key=lambda kv: -kv[1])
     largest = ", ".join(f"{k} {format_bytes(v)}" for k, v in parts[:2])
     on_gpu = estimate.get("total_on_gpu", estimate["total"])
     need = f"needs about {format_bytes(on_gpu)} (largest: {largest})"
     if on_gpu != estimate["total"]:
-        need += f", plus {format_bytes(estimate['total'] - on_gpu)} of paged optimizer states that can move to CPU memory"
+        paged = format_bytes(estimate["total"] - on_gpu)
+        need += f", plus {paged} of paged optimizer states that can move to CPU memory"
     room = f"{format_bytes(usable)} usable of {format_bytes(capacity_bytes)}"
     if on_gpu <= usable:
         return True, f"fits on {where}: {need}; {room}."
@@ -298,7 +324,7 @@ def fit_verdict(
 def choose_plan(
     estimates: dict[str, dict[str, int]], capacity_bytes: int, *, where: str, reserve_bytes: int = 0
 ) -> str:
-    """The first plan (in order) whose estimate fits, printing each verdict; MemoryError with the options if none."""
+    """The first plan whose estimate fits, printing each verdict; MemoryError with the options if none."""
     verdicts = []
     for name, estimate in estimates.items():
         fits, why = fit_verdict(estimate, capacity_bytes, where=where, reserve_bytes=reserve_bytes)
@@ -307,7 +333,9 @@ def choose_plan(
             return name
         verdicts.append(f"{name} {why}")
     raise MemoryError(
-        f"No plan fits on {where}: " + " ".join(verdicts) + " Fix: lower MAX_LENGTH or the batch size, turn on "
-        "gradient checkpointing, train with LoRA (02_lora.ipynb) or QLoRA (4-bit base weights) instead of full "
-        "fine-tuning, or use a GPU with more memory."
+        f"No plan fits on {where}: "
+        + " ".join(verdicts)
+        + " Fix: lower MAX_LENGTH or the batch size, turn on gradient checkpointing, "
+        "train with LoRA (02_lora.ipynb) or QLoRA (4-bit base weights) instead of full fine-tuning, "
+        "or use a GPU with more memory."
     )

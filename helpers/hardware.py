@@ -1,18 +1,14 @@
-"""Which device we run on, which number format it trains in, and which library versions are installed."""
+"""Which device we run on, which number format it trains in, and whether 4-bit layers work on it."""
 
 from __future__ import annotations
 
 import os
 import platform
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import psutil
 import torch
-
-# The libraries whose versions go into every results file.
-_TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
 
 
 @dataclass(frozen=True)
@@ -41,7 +37,9 @@ FP16_MIXED = Precision(name="fp16 mixed", torch_dtype=torch.float16, bf16=False,
 FP32 = Precision(name="fp32", torch_dtype=torch.float32, bf16=False, fp16=False, logits_rtol=1e-5)
 
 
-def choose_precision(device_type: str, capability: tuple[int, int] | None, requested: str = "auto") -> Precision:
+def choose_precision(
+    device_type: str, capability: tuple[int, int] | None, requested: str = "auto"
+) -> Precision:
     """Pick bf16 on Ampere-or-newer CUDA GPUs, fp16 mixed precision on older ones, fp32 elsewhere.
 
     requested ("auto", "bf16", "fp16" or "fp32") overrides the rule where the device can do it.
@@ -78,7 +76,12 @@ def _requested_precision(device_type: str, capability: tuple[int, int] | None, r
             "PRECISION=fp16: float16 mixed precision needs a CUDA GPU (its gradient scaler runs there); "
             f"on {device_type} use fp32 (or PRECISION = 'auto')."
         )
-    if requested == "bf16" and device_type == "cuda" and capability is not None and tuple(capability) < (8, 0):
+    if (
+        requested == "bf16"
+        and device_type == "cuda"
+        and capability is not None
+        and tuple(capability) < (8, 0)
+    ):
         raise ValueError(
             f"PRECISION=bf16 on a GPU of compute capability {capability[0]}.{capability[1]}: it only "
             "emulates bfloat16 (slowly). Use fp16 (or unset the variable: the course picks fp16 there)."
@@ -113,15 +116,19 @@ class Hardware:
                 f"{self.cpu_count} CPU cores), {self.precision.name}{forced}"
             )
         if self.device_type == "mps":
-            return f"mps (Apple GPU, {self.cpu_count} cores, {gib:.1f} GiB unified memory), {self.precision.name}{forced}"
+            return (
+                f"mps (Apple GPU, {self.cpu_count} cores, {gib:.1f} GiB unified memory), "
+                f"{self.precision.name}{forced}"
+            )
         return f"cpu ({self.cpu_count} cores, {gib:.1f} GiB RAM), {self.precision.name}{forced}"
 
 
 def detect_hardware(precision: str | None = "auto", gpu_memory_gib: float | str | None = None) -> Hardware:
     """Look at the machine: a CUDA GPU if there is one, else an Apple GPU (mps), else the CPU.
 
-    precision ("bf16", "fp16" or "fp32") overrides the precision rule; gpu_memory_gib caps what this process may
-    allocate on the GPU (torch.cuda.set_per_process_memory_fraction), so a big GPU can show what fits a small one.
+    precision ("bf16", "fp16" or "fp32") overrides the precision rule; gpu_memory_gib caps what this
+    process may allocate on the GPU (torch.cuda.set_per_process_memory_fraction), so a big GPU can show
+    what fits a small one.
     """
     requested = (precision or "auto").strip().lower() or "auto"
     cpu_count = _usable_cpu_count()
@@ -167,17 +174,6 @@ def _cap_gpu_memory(total_bytes: int, value: float | str | None) -> tuple[int, i
     return cap, total_bytes
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of Python and the libraries this course uses ('not installed' when missing)."""
-    versions = {"python": platform.python_version()}
-    for package in _TRACKED_PACKAGES:
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
 def _usable_cpu_count() -> int:
     """CPU cores this process may use (respects taskset/container limits where the OS reports them)."""
     if hasattr(os, "sched_getaffinity"):
@@ -196,7 +192,7 @@ def _cpu_name() -> str:
 
 
 def check_bitsandbytes(device_type: str) -> str:
-    """Check that bitsandbytes can round-trip a 4-bit NF4 tensor on this device; return its version or raise."""
+    """Check bitsandbytes can round-trip a 4-bit NF4 tensor on this device; return its version or raise."""
     fallback = "Or use the LoRA notebook (02_lora.ipynb), which needs no bitsandbytes."
     try:
         import bitsandbytes
@@ -213,10 +209,28 @@ def check_bitsandbytes(device_type: str) -> str:
     except Exception as err:
         raise RuntimeError(
             f"bitsandbytes {bitsandbytes.__version__} cannot quantize to 4-bit on '{device_type}' "
-            f"({type(err).__name__}: {err}). 4-bit works on CUDA GPUs (e.g. Colab's free T4) and, since "
-            "bitsandbytes 0.49, on CPU: pip install bitsandbytes==0.50.2 and restart the kernel, or run on CPU "
-            "with COURSE_PROFILE=tiny. " + fallback
+            f"({type(err).__name__}: {err}). "
+            "4-bit works on CUDA GPUs (e.g. Colab's free T4) and, since bitsandbytes 0.49, on CPU: "
+            "pip install bitsandbytes==0.50.2 and restart the kernel, "
+            "or run on CPU with COURSE_PROFILE=tiny. " + fallback
         ) from err
     return bitsandbytes.__version__
 
 
+def keep_4bit_layers_trainable(model: torch.nn.Module) -> int:
+    """Turn off bitsandbytes' CPU repacking of 4-bit weights, which breaks backprop; return layers changed.
+
+    bitsandbytes 0.50 on CPUs with AVX512-BF16 repacks a Linear4bit's weight into an inference-only layout at
+    its first forward pass without gradients (e.g. an evaluation before training). Afterwards its matmul has
+    no backward: gradients stop at every 4-bit layer, so the LoRA matrices below the last layer never learn
+    (PyTorch only warns "bitsandbytes::gemv_4bit: an autograd kernel was not registered"). No effect on GPUs.
+    """
+    import bitsandbytes
+
+    changed = 0
+    for module in model.modules():
+        repacks = getattr(module, "support_avx512bf16_for_cpu", False)
+        if isinstance(module, bitsandbytes.nn.Linear4bit) and repacks:
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
-from helpers.models import CHAT_TEMPLATE_KWARGS
+from helpers.chat import CHAT_TEMPLATE_KWARGS
 
 
 def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict], **kwargs) -> list[int]:
     """Token ids of a conversation rendered by the tokenizer's chat template (one BOS, from the template)."""
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **CHAT_TEMPLATE_KWARGS, **kwargs)
+    out = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, **CHAT_TEMPLATE_KWARGS, **kwargs
+    )
     return list(out["input_ids"])
 
 
@@ -18,6 +20,8 @@ def tokenize_with_mask(tokenizer: PreTrainedTokenizerBase, example: dict) -> tup
     prompt_ids = chat_ids(tokenizer, example["prompt"], add_generation_prompt=True)
     full_ids = chat_ids(tokenizer, example["prompt"] + example["completion"])
     if full_ids[: len(prompt_ids)] != prompt_ids:
-        raise ValueError("The chat template renders the prompt differently alone and with the answer; fix the template.")
+        raise ValueError(
+            "The chat template renders the prompt differently alone and with the answer; fix the template."
+        )
     labels = [-100] * len(prompt_ids) + full_ids[len(prompt_ids) :]
     return full_ids, labels

@@ -78,7 +78,7 @@ def _quant_constants(tensor: torch.Tensor) -> list[torch.Tensor]:
 
 
 def bytes_by_dtype(model: torch.nn.Module) -> dict[str, int]:
-    """Bytes of the model's parameters and buffers, grouped by dtype ('4-bit nf4' for bitsandbytes weights)."""
+    """Bytes of the model's parameters and buffers by dtype ('4-bit nf4' for bitsandbytes weights)."""
     totals: dict[str, int] = {}
     constants = []
     for tensor in _model_tensors(model):
@@ -161,35 +161,36 @@ def estimate_training_memory(
 
                           10 * hidden * residual_bytes + 4 * intermediate * activation_bytes
 
-                      10 * hidden: two RMSNorms (input, float32 copy, output), the q, k, v projections (k and v
-                      are smaller with grouped-query attention, so an upper bound) and the attention output, in
-                      the residual stream's dtype: residual_bytes, which is 4 when the embedding is float32 (full
-                      fine-tuning's float32 weights; QLoRA after prepare_model_for_kbit_training) even under
-                      16-bit autocast, and activation_bytes otherwise (the default).
-                      4 * intermediate: the MLP's gate, up, SiLU(gate) and their product, in the compute dtype.
-                      attention="eager" adds num_heads * seq * activation_bytes for the attention probabilities;
-                      SDPA and flash attention keep none.
+                      10 * hidden: two RMSNorms (input, float32 copy, output), the q, k, v projections (k and
+                      v are smaller with grouped-query attention, so an upper bound) and the attention output,
+                      in the residual stream's dtype: residual_bytes, which is 4 when the embedding is float32
+                      (full fine-tuning's float32 weights; QLoRA after prepare_model_for_kbit_training) even
+                      under 16-bit autocast, and activation_bytes otherwise (the default).
+                      4 * intermediate: the MLP's gate, up, SiLU(gate) and product, in the compute dtype.
+                      attention="eager" adds num_heads * seq * activation_bytes for the attention
+                      probabilities; SDPA and flash attention keep none.
                       Times num_layers, plus the language-model head's scores:
 
                           min(loss_tokens, 32768) * vocab * (activation_bytes + 8)
 
                       TRL's SFTTrainer projects through the head in tiles of 32,768 positions (a 16-bit tile,
-                      its float32 log-softmax and gradient). On CUDA it scores only positions with a label (pass
-                      their count in the largest micro-batch as loss_tokens); on a CPU it scores every position
-                      (loss_tokens=None, the default: batch * seq).
+                      its float32 log-softmax and gradient). On CUDA it scores only positions with a label
+                      (pass their count in the largest micro-batch as loss_tokens); on a CPU it scores every
+                      position (loss_tokens=None, the default: batch * seq).
                       With gradient checkpointing only each layer's input is kept (num_layers * batch * seq *
                       hidden * residual_bytes), and during the backward pass of one layer its activations are
                       rebuilt and their gradients made: twice one layer's activations.
-                      Measured against this on an H200 (Llama 3.2 1B shapes, batch 8 x up to 2,047 tokens,
-                      results/benchmark.json): peaks 0.83-1.21x the estimate for full fine-tuning, LoRA and QLoRA.
+                      Measured against this on an H200 (Llama 3.2 1B shapes, batch 8 x up to 2,047
+                      tokens, results/benchmark.json): peaks 0.83-1.21x the estimate for full
+                      fine-tuning, LoRA and QLoRA.
     autocast_copies:  with float32 weights under bf16/fp16 autocast, the 16-bit copy autocast makes of each
                       weight for its matmul, kept until backward: autocast_copy_params * 2 (pass the number
                       of float32 weights that feed matmuls; 0, the default, leaves this part out).
-    total_on_gpu:     paged optimizers only: the total without their states, which bitsandbytes keeps in managed
-                      memory that the GPU pages out to CPU memory under pressure (fit_verdict decides on it).
+    total_on_gpu:     paged optimizers only: the total without their states, which bitsandbytes keeps in
+                      managed memory the GPU pages out to CPU memory under pressure (fit_verdict uses it).
     Not counted: the CUDA context (~0.3-0.5 GiB), allocator fragmentation (reserved above allocated), LoRA
-    dropout's masks and temporary buffers. At batch 1 x 2,047 tokens on the H200 the peak was about 0.85 GiB above
-    this, not yet explained (scripts/gpu_bench.sh records what is live there).
+    dropout's masks and temporary buffers. At batch 1 x 2,047 tokens on the H200 the peak was about 0.85 GiB
+    above this, not yet explained (scripts/gpu_bench.sh records what is live there).
     """
     optimizer = getattr(optimizer, "value", optimizer)  # accept TrainingArguments.optim (an enum) too
     if optimizer not in OPTIMIZER_BYTES_PER_PARAM:
@@ -231,7 +232,8 @@ def estimate_training_memory(
     if autocast_copy_params:
         estimate["autocast_copies"] = autocast_copy_params * 2
     estimate["total"] = sum(estimate.values())
-    if optimizer.startswith("paged_"):  # bitsandbytes keeps these in managed memory, paged out to the CPU when short
+    # bitsandbytes keeps these in managed memory, paged out to the CPU when short
+    if optimizer.startswith("paged_"):
         estimate["total_on_gpu"] = estimate["total"] - estimate["optimizer_states"]
     return estimate
 
@@ -257,7 +259,7 @@ def estimate_for_model(
     loss_tokens: int | None = None,
     gradient_checkpointing: bool = False,
 ) -> dict[str, int]:
-    """estimate_training_memory for a loaded model: its shapes, parameter counts and dtypes read from the model."""
+    """estimate_training_memory for a loaded model, with its shapes, parameter counts and dtypes."""
     cfg = model.config
     trainable, total = count_parameters(model)
     params = _unique_tensors(p for _, p in model.named_parameters(remove_duplicate=False))
@@ -300,12 +302,15 @@ def estimate_weight_bytes(
     for name, param in model.named_parameters():  # tied weights are listed once
         module_name = name.rpartition(".")[0]
         n = param.numel()
-        is_linear = isinstance(modules.get(module_name), torch.nn.Linear) and not module_name.endswith("lm_head")
+        is_linear = (
+            isinstance(modules.get(module_name), torch.nn.Linear) and not module_name.endswith("lm_head")
+        )
         if quantize_linear and is_linear:
             linear += (n + 1) // 2
             blocks = -(-n // blocksize)
             if double_quant:
-                constants += blocks + 4 * -(-blocks // 256) + 4 * 256 + 4  # uint8 scales, their scales, code, offset
+                # uint8 scales, their scales, code, offset
+                constants += blocks + 4 * -(-blocks // 256) + 4 * 256 + 4
             else:
                 constants += 4 * blocks
             constants += 4 * 16  # the 16 NF4 levels
@@ -355,7 +360,7 @@ class MemoryTracker:
         return MeasureMemory(self, name)
 
     def start(self, name: str) -> None:
-        """Start measuring a phase: reset the CUDA allocator's peaks, or start sampling the process's memory."""
+        """Start measuring a phase: reset the CUDA allocator's peaks, or start sampling the process memory."""
         self.stop(name)  # the same phase left open by an exception (a callback's phase has no `finally`)
         if self.device_type == "cuda":
             torch.cuda.synchronize()
@@ -399,7 +404,7 @@ class MemoryTracker:
         )
 
     def record(self, phase: str, **extra: int | dict[str, int]) -> None:
-        """Attach byte counts to a phase, e.g. record('train', weights=bytes_by_dtype(model), gradients=...)."""
+        """Attach byte counts to a phase: record('train', weights=bytes_by_dtype(model), gradients=...)."""
         self.results.setdefault(phase, {}).update(extra)
 
     def table(self) -> str:
@@ -417,7 +422,8 @@ class MemoryTracker:
                 )
                 if "peak_reserved_bytes" in result:
                     lines.append(
-                        f"{'':<16} peak reserved by the CUDA allocator: {format_bytes(result['peak_reserved_bytes'])}"
+                        f"{'':<16} peak reserved by the CUDA allocator: "
+                        f"{format_bytes(result['peak_reserved_bytes'])}"
                     )
             else:
                 lines.append(f"{name:<16} (not measured, only recorded values)")
@@ -440,7 +446,7 @@ def _format_value(value: object) -> str:
 
 
 class MeasureMemory(TrainerCallback):
-    """Measures one MemoryTracker phase from the start of trainer.train() to its end (MemoryTracker.callback)."""
+    """Measures one MemoryTracker phase from trainer.train()'s start to its end (MemoryTracker.callback)."""
 
     def __init__(self, tracker: MemoryTracker, name: str) -> None:
         self.tracker, self.name = tracker, name

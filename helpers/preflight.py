@@ -11,8 +11,8 @@ import huggingface_hub
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 from packaging.version import Version
 
-from helpers.hardware import Hardware, detect_hardware, package_versions
-from helpers.install import CORE, REQUIREMENTS, installed_version, is_compatible, read_pins
+from helpers.hardware import Hardware, detect_hardware
+from helpers.install import CORE, REQUIREMENTS, installed_version, is_compatible, package_versions, read_pins
 from helpers.models import DEFAULT_HUB_ID, ModelChoice, choose_model, resolve_profile
 
 _TOKEN_HELP = (
@@ -21,9 +21,10 @@ _TOKEN_HELP = (
     "with 'Notebook access' on), then re-run this cell"
 )
 _FINE_GRAINED_HELP = (
-    "your token is fine-grained and lacks 'Read access to contents of all public gated repos you can access'. "
-    "Tick that box in the token's settings at https://huggingface.co/settings/tokens (or create a classic 'Read' "
-    "token), then re-run this cell"
+    "your token is fine-grained and lacks "
+    "'Read access to contents of all public gated repos you can access'. "
+    "Tick that box in the token's settings at https://huggingface.co/settings/tokens "
+    "(or create a classic 'Read' token), then re-run this cell"
 )
 
 class ModelAccessError(RuntimeError):
@@ -36,7 +37,7 @@ class ModelAccessError(RuntimeError):
 
 
 def check_model_access(repo_id: str) -> str:
-    """Check the model can be loaded before loading it; return 'local', 'cache' or 'hub', or raise ModelAccessError.
+    """Check the model can be loaded before loading it: 'local', 'cache' or 'hub', or ModelAccessError.
 
     The token (HF_TOKEN or `hf auth login`) is only handed to huggingface_hub: it is never printed or written.
     """
@@ -47,9 +48,9 @@ def check_model_access(repo_id: str) -> str:
         if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "config.json"), str):
             return "cache"
         raise ModelAccessError(
-            f"{repo_id} is not in the local cache and offline mode is on (HF_HUB_OFFLINE=1). Fix: connect to the "
-            f"internet, unset HF_HUB_OFFLINE and run this cell once to download it (it is then cached), or use "
-            "COURSE_PROFILE=tiny, which needs no download."
+            f"{repo_id} is not in the local cache and offline mode is on (HF_HUB_OFFLINE=1). "
+            "Fix: connect to the internet, unset HF_HUB_OFFLINE and run this cell once to download it "
+            "(it is then cached), or use COURSE_PROFILE=tiny, which needs no download."
         )
     token = huggingface_hub.get_token()
     try:
@@ -60,7 +61,9 @@ def check_model_access(repo_id: str) -> str:
         hint = "check the spelling (e.g. meta-llama/Llama-3.2-1B-Instruct)"
         if token is None:
             hint += ", and if the repository is private or gated, log in: " + _TOKEN_HELP
-        raise ModelAccessError(f"{repo_id} was not found on the Hugging Face hub ({url}). Fix: {hint}.") from None
+        raise ModelAccessError(
+            f"{repo_id} was not found on the Hugging Face hub ({url}). Fix: {hint}."
+        ) from None
     except HfHubHTTPError as err:
         raise ModelAccessError(
             f"The hub answered {_status(err)} for {repo_id}. Fix: retry in a minute; if it persists, check "
@@ -68,9 +71,10 @@ def check_model_access(repo_id: str) -> str:
         ) from None
     except Exception as err:  # connection refused, DNS, timeouts, proxies, OfflineModeIsEnabled
         raise ModelAccessError(
-            f"Could not reach https://huggingface.co to check {repo_id} ({type(err).__name__}). Fix: check the "
-            "internet connection (and proxy settings), or, if the model was downloaded before, set "
-            "HF_HUB_OFFLINE=1 to use the cache; COURSE_PROFILE=tiny needs no download."
+            f"Could not reach https://huggingface.co to check {repo_id} ({type(err).__name__}). "
+            "Fix: check the internet connection (and proxy settings), or, "
+            "if the model was downloaded before, set HF_HUB_OFFLINE=1 to use the cache; "
+            "COURSE_PROFILE=tiny needs no download."
         ) from None
     return "hub"
 
@@ -87,7 +91,8 @@ def _gated_message(repo_id: str, url: str, token: str | None, err: GatedRepoErro
     server = (err.server_message or str(err)).lower()
     if token is None:
         return (
-            start + f"you are not logged in. Fix: (1) open {url}, sign in and accept the licence (one approval "
+            start
+            + f"you are not logged in. Fix: (1) open {url}, sign in and accept the licence (one approval "
             f"covers the Llama 3.2 family); (2) {_TOKEN_HELP}."
         )
     if _status(err) == 401:
@@ -98,16 +103,17 @@ def _gated_message(repo_id: str, url: str, token: str | None, err: GatedRepoErro
     if "awaiting" in server or "pending" in server:
         return (
             start + f"your access request is still pending review by the authors. Fix: wait for the e-mail "
-            f"that grants access (see the status at {url}), then re-run this cell; meanwhile COURSE_PROFILE=tiny "
-            "runs every notebook without it."
+            f"that grants access (see the status at {url}), then re-run this cell; "
+            "meanwhile COURSE_PROFILE=tiny runs every notebook without it."
         )
     if "fine-grained" in server or _fine_grained_without_gated_read(token):
         return start + _FINE_GRAINED_HELP + "."
     return (
         start + f"your account has no access yet. Fix: open {url} while signed in as the account of your "
-        "token (`hf auth whoami` shows which), accept the licence and wait for approval; if you already did, the "
-        "request may be pending or rejected (the model page says which); a fine-grained token also needs 'Read "
-        "access to contents of all public gated repos you can access'. Then re-run this cell."
+        "token (`hf auth whoami` shows which), accept the licence and wait for approval; "
+        "if you already did, the request may be pending or rejected (the model page says which); "
+        "a fine-grained token also needs "
+        "'Read access to contents of all public gated repos you can access'. Then re-run this cell."
     )
 
 
@@ -180,6 +186,7 @@ class Run:
 
 
 def describe_run(
+    *,
     profile: str,
     model_id: str | None,
     results_dir: str | Path | None,
@@ -188,9 +195,10 @@ def describe_run(
     gpu_memory_gib: float | str | None = None,
     cache_dir: str | Path | None = None,
 ) -> Run:
-    """Resolve the profile, model, hardware and folders; print them with the versions, and check what can be checked.
+    """Resolve profile, model, hardware and folders; print them and the versions; check what can be checked.
 
-    The arguments are the parameters cell's values; None folders mean results/ and outputs/ in the course folder.
+    The arguments are the parameters cell's values;
+    None folders mean results/ and outputs/ in the course folder.
     """
     root = REQUIREMENTS.parent
     hardware = detect_hardware(precision, gpu_memory_gib)
@@ -205,9 +213,12 @@ def describe_run(
     if profile != "hub":
         print("NOTE: outputs below come from a stand-in model, not from Llama 3.2 1B's pretrained weights.")
     elif not Path(choice.path).is_dir():
-        check_model_access(choice.path)  # gated model: says whether the token, the licence or the network is missing
+        # gated model: says whether the token, the licence or the network is missing
+        check_model_access(choice.path)
     if profile == "hub" and choice.path != DEFAULT_HUB_ID:
         print(f"NOTE: outputs below come from {choice.path}, not from Llama 3.2 1B.")
     if not choice.accuracy_means_something:
         print("NOTE: random weights: memory and speed are real, loss and accuracy mean nothing.")
-    return Run(profile, choice, hardware, Path(results_dir or root / "results"), Path(output_dir or root / "outputs"))
+    return Run(
+        profile, choice, hardware, Path(results_dir or root / "results"), Path(output_dir or root / "outputs")
+    )

@@ -1,4 +1,4 @@
-"""Notebooks 1 to 3's training recipe, in one place for the scripts (tests/test_train_script.py compares them)."""
+"""Notebooks 1-3's training recipe in one place for the scripts (tests/test_train_script.py compares them)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedTokenizerBase
 from trl import SFTConfig
 
-from helpers.hardware import Hardware
-from helpers.models import add_pad_token, keep_4bit_layers_trainable
+from helpers.chat import add_pad_token
+from helpers.hardware import Hardware, keep_4bit_layers_trainable
 
 METHODS = ("full", "lora", "qlora")
-LEARNING_RATES = {  # (tiny, real model): full below LoRA; tiny picked by make study, real the common 1e-5 / 2e-4
+# (tiny, real model): full below LoRA; tiny picked by make study, real the common 1e-5 / 2e-4
+LEARNING_RATES = {
     "full": (1e-3, 1e-5),
     "lora": (3e-3, 2e-4),
     "qlora": (3e-3, 2e-4),
@@ -53,7 +54,8 @@ def load_model(
 ) -> torch.nn.Module:
     """The base model for a method, with LoRA adapters for lora and qlora (4-bit NF4 base for qlora).
 
-    tokenizer: the one load_tokenizer gave; where it has no safe pad, add_pad_token adds one, as notebooks 1-3 do.
+    tokenizer: the one load_tokenizer gave; where it has no safe pad, add_pad_token adds one, as notebooks 1-3
+    do.
 
     qlora, as notebook 3: prepare_model_for_kbit_training casts the embedding and norms to float32; they stay
     frozen, so they go back to dtype, the compute dtype (upcast=True keeps PEFT's float32: the benchmark's

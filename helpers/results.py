@@ -31,7 +31,8 @@ RESULT_KEYS = (
     "eval_loss",
     "perplexity",
     "accuracy_before",  # the test score before training: task accuracy (0 to 1), or chrF (0 to 100) where
-    "accuracy_after",  # an optional "metric" key says "chrF" (data without the header lines; helpers.data.score_any)
+    # an optional "metric" key says "chrF" (data without the header lines; helpers.data.score_any)
+    "accuracy_after",
     "artifact_bytes",  # size of what you would ship: the full model, or the adapter
     "loss_history",  # [{"step": 10, "loss": 2.31}, ...]
     "notebook_fingerprint",  # notebook_fingerprint() of the notebook that wrote the file
@@ -86,7 +87,8 @@ def write_json_atomic(path: str | Path, data: dict) -> Path:
 
 def save_results(path: str | Path, **fields: object) -> Path:
     """Check that every key in RESULT_KEYS is given, stamp created_at, and write the file atomically."""
-    check_finite_metrics(**{k: v for k, v in fields.items() if isinstance(v, float)})  # a diverged run writes nothing
+    # a diverged run writes nothing
+    check_finite_metrics(**{k: v for k, v in fields.items() if isinstance(v, float)})
     fields["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     missing = [key for key in RESULT_KEYS if key not in fields]
     if missing:
@@ -99,11 +101,15 @@ def save_results(path: str | Path, **fields: object) -> Path:
 def score_fields(before: dict, after: dict, ids: list[str] | None = None) -> dict:
     """The results file's test-score keys from reply_scores' scores before and after training.
 
-    With the test examples' ids, each reply's score after training is kept too (`test_scores`, id -> 1/0 or chrF),
-    so that notebook 4 can compare two methods example by example.
+    With the test examples' ids, each reply's score after training is kept too (`test_scores`, id -> 1/0 or
+    chrF), so that notebook 4 can compare two methods example by example.
     """
-    fields = {"metric": after["metric"], "accuracy_before": headline(before), "accuracy_after": headline(after),
-              "test_examples": after["n"]}
+    fields = {
+        "metric": after["metric"],
+        "accuracy_before": headline(before),
+        "accuracy_after": headline(after),
+        "test_examples": after["n"],
+    }
     if after["metric"] == TASK_ACCURACY:
         fields["accuracy_by_field_before"] = {key: before[key] for key in REPLY_FIELDS}
         fields["accuracy_by_field_after"] = {key: after[key] for key in REPLY_FIELDS}
@@ -115,7 +121,9 @@ def score_fields(before: dict, after: dict, ids: list[str] | None = None) -> dic
 def by_id(ids: list[str], values: list[float]) -> dict[str, float]:
     """Per-example values keyed by example id, for paired comparisons between results files."""
     if len(ids) != len(values) or len(set(ids)) != len(ids):
-        raise ValueError(f"by_id needs one unique id per value: got {len(set(ids))} unique ids for {len(values)} values.")
+        raise ValueError(
+            f"by_id needs one unique id per value: got {len(set(ids))} unique ids for {len(values)} values."
+        )
     return dict(zip(ids, values, strict=True))
 
 
@@ -151,6 +159,7 @@ def check_finite_metrics(**metrics: float) -> None:
     bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
         raise ValueError(
-            f"Not saving results: {', '.join(f'{k}={v}' for k, v in bad.items())}. The run diverged; the earlier "
-            "results file (if any) is left as it was. Fix the training run (see the loss curve) and re-run."
+            f"Not saving results: {', '.join(f'{k}={v}' for k, v in bad.items())}. "
+            "The run diverged; the earlier results file (if any) is left as it was. "
+            "Fix the training run (see the loss curve) and re-run."
         )

@@ -12,7 +12,7 @@ _HEADER_LINE = re.compile(r"^\s*(category|order|product)\s*:\s*(.*?)\s*$", re.IG
 
 
 def parse_reply(text: str) -> dict:
-    """The category/order/product header values of a reply, as written ("none" stays "none"); missing → None."""
+    """A reply's category/order/product header values, as written ("none" stays "none"); missing → None."""
     fields = dict.fromkeys(REPLY_FIELDS)
     for line in text.splitlines():
         match = _HEADER_LINE.match(line)
@@ -40,7 +40,7 @@ def _has_reply_fields(text: str) -> bool:
 
 
 def score_replies(predictions: list[str], references: list[str]) -> dict:
-    """Accuracy of all three header fields together (`accuracy`) and of each field, over n replies, and each reply's 0/1."""
+    """Accuracy over n replies of the three header fields together (`accuracy`) and each; each reply's 0/1."""
     _check_pairs("score_replies", predictions, references)
     correct = dict.fromkeys(REPLY_FIELDS, 0)
     per_reply = []  # 1 where all three fields are right: the outcome a paired test compares
@@ -58,26 +58,36 @@ def score_replies(predictions: list[str], references: list[str]) -> dict:
             correct[key] += match
         per_reply.append(int(all(matches)))
     n = len(references)
-    return {"n": n, "accuracy": sum(per_reply) / n, **{key: correct[key] / n for key in REPLY_FIELDS}, "per_reply": per_reply}
+    return {
+        "n": n,
+        "accuracy": sum(per_reply) / n,
+        **{key: correct[key] / n for key in REPLY_FIELDS},
+        "per_reply": per_reply,
+    }
 
 
 def chrf_scores(predictions: list[str], references: list[str]) -> dict:
-    """chrF (sacrebleu's character n-gram F-score, 0 to 100) of the replies as a corpus, and its mean per reply."""
+    """chrF (sacrebleu's character n-gram F-score, 0-100) over the replies as a corpus; its mean per reply."""
     _check_pairs("chrf_scores", predictions, references)
     chrf = CHRF()
     per_reply = [chrf.sentence_score(p, [r]).score for p, r in zip(predictions, references, strict=True)]
     corpus = chrf.corpus_score(list(predictions), [list(references)]).score
-    return {"metric": CHRF_METRIC, "n": len(references), "chrF": corpus, "chrF_mean": sum(per_reply) / len(per_reply),
-            "per_reply": per_reply}
+    return {
+        "metric": CHRF_METRIC,
+        "n": len(references),
+        "chrF": corpus,
+        "chrF_mean": sum(per_reply) / len(per_reply),
+        "per_reply": per_reply,
+    }
 
 
 def score_any(predictions: list[str], references: list[str]) -> dict:
-    """Task accuracy per header field if every reference has the three header lines, else chrF; "metric" says which."""
+    """Task accuracy per field if every reference has the header lines, else chrF; "metric" says which."""
     if all(_has_reply_fields(reference) for reference in references):
         return {"metric": TASK_ACCURACY, **score_replies(predictions, references)}
     return chrf_scores(predictions, references)
 
 
 def headline(scores: dict) -> float:
-    """The one number of score_any's scores: accuracy (0 to 1) for task accuracy, chrF (0 to 100) otherwise."""
+    """The one number of score_any's scores: accuracy (0 to 1) for task accuracy, else chrF (0 to 100)."""
     return scores["accuracy"] if scores["metric"] == TASK_ACCURACY else scores["chrF"]

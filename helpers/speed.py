@@ -22,7 +22,7 @@ class ThroughputCallback(TrainerCallback):
     The measured window runs from the end of step `warmup_steps` to the end of the last step, so
     logging (and any evaluation or checkpoint saving during training) inside that window is included.
     train_seconds is the wall time of the whole trainer.train() call, warm-up included.
-    A run of fewer than 2 * warmup_steps optimizer steps (e.g. a COURSE_SMOKE run) leaves out its first half only.
+    A run of fewer than 2 * warmup_steps optimizer steps (e.g. COURSE_SMOKE) leaves out its first half only.
     """
 
     def __init__(self, warmup_steps: int = 2) -> None:
@@ -39,10 +39,8 @@ class ThroughputCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         """Start the clock; fail early if the Trainer will not count tokens."""
         if getattr(args, "include_num_input_tokens_seen", "no") != "non_padding":
-            raise ValueError(
-                _TOKENS_NOT_COUNTED
-                + f" (it is {getattr(args, 'include_num_input_tokens_seen', None)!r}; 'all' would count padding too.)"
-            )
+            seen = getattr(args, "include_num_input_tokens_seen", None)
+            raise ValueError(_TOKENS_NOT_COUNTED + f" (it is {seen!r}; 'all' would count padding too.)")
         self.train_start = time.perf_counter()
         self.train_end = None
         self.steps_done = 0
@@ -69,7 +67,7 @@ class ThroughputCallback(TrainerCallback):
         self.train_end = time.perf_counter()
 
     def summary(self) -> dict:
-        """tokens_per_second, train_seconds, measured_steps, tokens_measured (+ reason when not measurable)."""
+        """tokens_per_second, train_seconds, measured_steps, tokens_measured (+ reason if not measurable)."""
         train_seconds = None
         if self.train_start is not None and self.train_end is not None:
             train_seconds = self.train_end - self.train_start
@@ -84,8 +82,8 @@ class ThroughputCallback(TrainerCallback):
             return result
         if self.window_start is None or self.window_end is None:
             result["reason"] = (
-                f"only {self.steps_done} optimizer step(s) ran, and the first {self.warmup_used} are warm-up: "
-                f"train for more than {self.warmup_used} steps (max_steps) or lower warmup_steps."
+                f"only {self.steps_done} optimizer step(s) ran, and the first {self.warmup_used} are "
+                f"warm-up: train for more than {self.warmup_used} steps (max_steps) or lower warmup_steps."
             )
             return result
         start_time, start_tokens = self.window_start

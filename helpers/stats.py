@@ -1,4 +1,4 @@
-"""Paired comparisons: two methods measured on the same examples, matched by example id, in one run or several."""
+"""Paired comparisons of two methods on the same examples (one run or several); a rate's Wilson interval."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ def paired(first: dict[str, float], second: dict[str, float]) -> tuple[list[floa
 
 
 def mcnemar_exact(first: list[int], second: list[int]) -> dict:
-    """McNemar's exact test on paired right (1) / wrong (0) outcomes: the two-sided p-value and the discordant counts.
+    """McNemar's exact test on paired right (1) / wrong (0) outcomes: two-sided p-value and discordant counts.
 
-    Only the examples where the two differ carry information: `only_first` right by the first method alone,
-    `only_second` by the second alone. With no difference between the methods, each such example is a fair coin.
+    Only the examples where the two differ carry information: `only_first` right by the first method
+    alone, `only_second` by the second alone. With no difference between the methods, each such example is
+    a fair coin.
     """
     if len(first) != len(second):
         raise ValueError(f"mcnemar_exact needs paired outcomes: got {len(first)} and {len(second)}.")
@@ -36,7 +37,9 @@ def mcnemar_exact(first: list[int], second: list[int]) -> dict:
 def paired_difference(first: list[float], second: list[float], z: float = 1.96) -> dict:
     """Mean of second - first over paired examples, with a 95% interval (normal approximation, z=1.96)."""
     if len(first) != len(second) or len(first) < 2:
-        raise ValueError(f"paired_difference needs at least two pairs of equal length: got {len(first)} and {len(second)}.")
+        raise ValueError(
+            f"paired_difference needs at least two pairs of equal length: got {len(first)} and {len(second)}."
+        )
     diffs = [b - a for a, b in zip(first, second, strict=True)]
     mean = sum(diffs) / len(diffs)
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
@@ -53,17 +56,20 @@ def differs(test: dict, alpha: float = 0.05) -> bool:
 
 def across_seeds(first: list[dict[str, float]], second: list[dict[str, float]], reps: int = 4000,
                  seed: int = 0) -> dict:
-    """Mean of second - first over training runs and shared examples, with a 95% bootstrap interval and a p-value.
+    """Mean of second - first over training runs and shared examples, a 95% bootstrap interval and a p-value.
 
-    first and second hold one dict per training run (seed), example id -> score. Each bootstrap draw resamples each
-    method's runs, then the examples (the same examples for both methods), so the interval counts both sources of
-    noise: which run you trained, and which questions you tested it on. With few runs it is still too narrow, not
-    too wide: three seeds are the least that shows the spread between runs at all.
+    first and second hold one dict per training run (seed), example id -> score. Each bootstrap draw resamples
+    each method's runs, then the examples (the same examples for both methods), so the interval counts both
+    sources of noise: which run you trained, and which questions you tested it on. With few runs it is still
+    too narrow, not too wide: three seeds are the least that shows the spread between runs at all.
     """
     ids = [key for key in first[0] if all(key in run for run in first + second)]
     if len(first) < 2 or len(second) < 2 or len(ids) < 2:
-        raise ValueError(f"across_seeds needs two or more runs per method on shared examples: got {len(first)} and "
-                         f"{len(second)} runs sharing {len(ids)} examples. Run scripts/study.py for more seeds.")
+        raise ValueError(
+            f"across_seeds needs two or more runs per method on shared examples: got {len(first)} and "
+            f"{len(second)} runs sharing {len(ids)} examples. "
+            "Run scripts/study.py for more seeds."
+        )
     a = np.array([[run[key] for key in ids] for run in first], dtype=float)
     b = np.array([[run[key] for key in ids] for run in second], dtype=float)
     rng = np.random.default_rng(seed)
@@ -80,10 +86,19 @@ def across_seeds(first: list[dict[str, float]], second: list[dict[str, float]], 
 
 
 def holm(p_values: dict, alpha: float = 0.05) -> dict:
-    """Holm's correction over several comparisons: each key -> (adjusted p, whether it is a difference at alpha)."""
+    """Holm's correction over several comparisons: each key -> (adjusted p, whether it differs at alpha)."""
     order = sorted(p_values, key=p_values.get)
     adjusted, running = {}, 0.0
     for rank, key in enumerate(order):
         running = max(running, min(1.0, (len(order) - rank) * p_values[key]))
         adjusted[key] = running
     return {key: (adjusted[key], adjusted[key] < alpha) for key in p_values}
+
+
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval (z=1.96) for a success rate measured on n examples."""
+    if n <= 0:
+        raise ValueError(f"wilson_interval needs at least one example, got n={n}.")
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)

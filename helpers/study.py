@@ -1,4 +1,4 @@
-"""The learning-rate study (scripts/study.py, results/study.json): each method's pick, its seeds, and verdicts."""
+"""The learning-rate study (scripts/study.py, results/study.json): each method's pick, its seeds, verdicts."""
 
 from __future__ import annotations
 
@@ -52,11 +52,14 @@ def seed_runs(study: dict, method: str) -> list[dict]:
 
 def rise(run: dict, base: list[float]) -> dict[str, float]:
     """Each general-text paragraph's loss after training minus before: a rise is forgetting."""
-    return {str(i): after - before for i, (after, before) in enumerate(zip(run["general_per_text"], base, strict=True))}
+    return {
+        str(i): after - before
+        for i, (after, before) in enumerate(zip(run["general_per_text"], base, strict=True))
+    }
 
 
 def spread(study: dict, method: str) -> dict:
-    """The method's accuracy, eval loss and forgetting over its seeds at the pick: mean, lowest and highest."""
+    """A method's accuracy, eval loss and forgetting over its seeds at the pick: mean, lowest, highest."""
     runs = seed_runs(study, method)
     values = {"accuracy": [run["accuracy"] for run in runs], "eval loss": [run["eval_loss"] for run in runs],
               "forgetting": [float(np.mean(list(run["general_rise"].values()))) for run in runs]}
@@ -65,7 +68,7 @@ def spread(study: dict, method: str) -> dict:
 
 
 def verdicts(study: dict, alpha: float = 0.05) -> dict[str, dict[tuple[str, str], dict]]:
-    """For each measure and pair of methods: the across-seed interval of second - first, Holm-corrected over pairs."""
+    """Per measure and pair of methods: the across-seed interval of second - first, Holm-corrected."""
     methods = [m for m in ("full", "lora", "qlora") if m in study["baselines"]]
     runs = {m: seed_runs(study, m) for m in methods}
     result = {}
@@ -83,9 +86,11 @@ def verdict_line(name: str, pair: tuple[str, str], test: dict) -> str:
     first, second = pair
     unit, scale = ("points", 100) if name == "accuracy" else ("nats", 1)
     better = MEASURES[name][1]
-    interval = (f"{second} - {first}: {test['mean'] * scale:+.2f} {unit} (95% interval {test['low'] * scale:+.2f} "
-                f"to {test['high'] * scale:+.2f}, {test['runs'][0]} and {test['runs'][1]} seeds, p = {test['p_holm']:.3f} "
-                "after Holm)")
+    interval = (
+        f"{second} - {first}: {test['mean'] * scale:+.2f} {unit} (95% interval {test['low'] * scale:+.2f} "
+        f"to {test['high'] * scale:+.2f}, {test['runs'][0]} and {test['runs'][1]} seeds, "
+        f"p = {test['p_holm']:.3f} after Holm)"
+    )
     if not test["differs"]:
         return f"{name}, {first} vs {second}: not shown different; {interval}"
     second_better = (test["mean"] > 0) == (better == "higher")
@@ -95,14 +100,14 @@ def verdict_line(name: str, pair: tuple[str, str], test: dict) -> str:
 
 
 def frontier(study: dict, method: str) -> list[tuple[float, float, float]]:
-    """Each grid run as (learning rate, validation loss, mean general-text rise): learning against forgetting."""
+    """Each grid run as (learning rate, validation loss, mean general-text rise): learning vs forgetting."""
     base = study["baselines"][method]["general_per_text"]
     return [(rate, run["eval_loss"], float(np.mean(list(rise(run, base).values()))))
             for rate, run in sorted(grid_runs(study["runs"], method).items())]
 
 
 def forgetting_at(points: list[tuple[float, float, float]], loss: float) -> float | None:
-    """Forgetting at a validation loss, read off the rates up to the pick (loss falls as the rate rises); None outside."""
+    """Forgetting at a validation loss, read off rates up to the pick (loss falls as they rise), or None."""
     best = min(range(len(points)), key=lambda i: points[i][1])
     rising = points[: best + 1]
     for (_, loss_a, forget_a), (_, loss_b, forget_b) in zip(rising, rising[1:], strict=False):
@@ -111,9 +116,13 @@ def forgetting_at(points: list[tuple[float, float, float]], loss: float) -> floa
     return points[best][2] if loss == points[best][1] else None
 
 
-def least_forgetting(points: list[tuple[float, float, float]], loss: float) -> tuple[float, float, float] | None:
-    """Of the runs that learned at least as much as `loss` (read off the curve where it crosses it), the one that
-    forgot least, as (learning rate, validation loss, forgetting); None if none did."""
+def least_forgetting(
+    points: list[tuple[float, float, float]], loss: float
+) -> tuple[float, float, float] | None:
+    """Of the runs that learned at least as much as `loss`, the one that forgot least; None if none did.
+
+    As (learning rate, validation loss, forgetting); the point where the curve crosses `loss` counts too.
+    """
     reached = [p for p in points if p[1] <= loss]
     crossing = forgetting_at(points, loss)
     if crossing is not None:
@@ -124,9 +133,9 @@ def least_forgetting(points: list[tuple[float, float, float]], loss: float) -> t
 def matched_learning(study: dict, first: str, second: str) -> str:
     """Which of two methods forgot less while learning at least as much, or 'not shown'.
 
-    The level is the worse of the two methods' best validation losses: both reach it. Each method is read at its least
-    forgetting among its runs at or below that loss (and where its curve crosses it). A gap counts only when it
-    exceeds the larger of the two methods' forgetting spreads over seeds at their picks.
+    The level is the worse of the two methods' best validation losses: both reach it. Each method is read at
+    its least forgetting among its runs at or below that loss (and where its curve crosses it). A gap counts
+    only when it exceeds the larger of the two methods' forgetting spreads over seeds at their picks.
     """
     a, b = frontier(study, first), frontier(study, second)
     level = max(min(p[1] for p in a), min(p[1] for p in b))
@@ -135,10 +144,13 @@ def matched_learning(study: dict, first: str, second: str) -> str:
     noise = max(f["high"] - f["low"] for f in forgetting)
 
     def where(method: str, point: tuple[float, float, float]) -> str:
-        rate = "where its curve crosses it" if point[0] != point[0] else f"at rate {point[0]:g}"  # nan: a crossing
+        # a rate of nan marks a crossing
+        rate = "where its curve crosses it" if point[0] != point[0] else f"at rate {point[0]:g}"
         return f"{method} {rate}: validation loss {point[1]:.3f}, forgetting {point[2]:+.3f}"
 
-    found = f"learning at least to validation loss {level:.3f}: {where(first, best_a)}; {where(second, best_b)}"
+    found = (
+        f"learning at least to validation loss {level:.3f}: {where(first, best_a)}; {where(second, best_b)}"
+    )
     if abs(best_a[2] - best_b[2]) <= noise:
         return f"{first} vs {second}: not shown ({found}; within the seed spread of {noise:.3f})"
     less = first if best_a[2] < best_b[2] else second

@@ -1,18 +1,19 @@
 """The course's training recipe against the pipeline a learner would copy, one knob at a time.
 
-    python scripts/benchmark.py                  # tiny profile, every CPU row -> results/benchmark.json (make bench)
-    python scripts/benchmark.py --smoke          # two rows, a few steps: checks that the benchmark runs (CI)
-    python scripts/benchmark.py --profile llama-3.2-1b-random --long --rows gpu    # on a GPU: conversations up to 2048 tokens
+    python scripts/benchmark.py          # tiny profile, every CPU row -> results/benchmark.json (make bench)
+    python scripts/benchmark.py --smoke  # two rows, a few steps: checks that the benchmark runs (CI)
+    # on a GPU: conversations up to 2048 tokens
+    python scripts/benchmark.py --profile llama-3.2-1b-random --long --rows gpu
 
-Every row trains the same examples (the first steps x batch of the training split, each seen once), from the same
-seed (one row per method uses another, to show how much the seed alone moves a row), so every row sees the same real
-tokens; it runs in its own process, so peak memory (RSS on a CPU; allocated and
-reserved on CUDA) is that row's alone. A row reports real (non-padding) tokens per second after warm-up, the share of
+Every row trains the same examples (the first steps x batch of the training split, each seen once), from the
+same seed (one row per method uses another, to show how much the seed alone moves a row), so every row sees
+the same real tokens; it runs in its own process, so peak memory (RSS on a CPU; allocated and reserved on
+CUDA) is that row's alone. A row reports real (non-padding) tokens per second after warm-up, the share of
 computed positions that were padding, peak memory, the mean training loss and the eval loss after training.
 
-"naive" is what a learner gets from TRL's documented SFT example: SFTConfig defaults (gradient checkpointing on,
-random batches padded to their longest example) and PEFT's usual LoraConfig (lora_dropout=0.05). "course" is the
-recipe notebooks 1 to 3 use. The rows between change one knob at a time.
+"naive" is what a learner gets from TRL's documented SFT example: SFTConfig defaults (gradient checkpointing
+on, random batches padded to their longest example) and PEFT's usual LoraConfig (lora_dropout=0.05). "course"
+is the recipe notebooks 1 to 3 use. The rows between change one knob at a time.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from helpers import ROOT
 NAIVE = {  # TRL's SFTConfig defaults and PEFT's usual LoraConfig
     "gradient_checkpointing": True,
     "lora_dropout": 0.05,
-    "sampling": "random",  # random batches padded to their longest; "group_by_length" (transformers' sampler, each
-    # pool longest-first) or "similar_length" (helpers.data.batches_of_similar_length: the batches in random order)
+    # random batches padded to their longest; "group_by_length" (transformers' sampler, each pool
+    # longest-first) or "similar_length" (helpers.data.batches_of_similar_length: the batches in random order)
+    "sampling": "random",
     "padding_free": False,
     "attention": "sdpa",
     "optim": "adamw_torch",
@@ -43,26 +45,37 @@ NAIVE = {  # TRL's SFTConfig defaults and PEFT's usual LoraConfig
     "liger": False,
     "batch": 8,
     "accumulation": 1,
-    "upcast": True,  # QLoRA: prepare_model_for_kbit_training's float32 embedding and norms are kept (False: compute dtype)
-    "adapter_fp32": False,  # QLoRA: SFTTrainer's bf16 adapters are kept under bf16 (True: float32, as the course)
-    "labelled_head": False,  # True: on a CPU too, TRL's LM head scores only the labelled positions, as it does on CUDA
+    # QLoRA: prepare_model_for_kbit_training's float32 embedding and norms are kept (False: compute dtype)
+    "upcast": True,
+    # QLoRA: SFTTrainer's bf16 adapters are kept under bf16 (True: float32, as the course)
+    "adapter_fp32": False,
+    # True: on a CPU too, TRL's LM head scores only the labelled positions, as it does on CUDA
+    "labelled_head": False,
     "seed": 42,  # data order, initialisation; "naive, seed 43" shows how much a row moves from the seed alone
 }
 COURSE = {
-    **NAIVE, "gradient_checkpointing": False, "lora_dropout": 0.0, "sampling": "similar_length", "upcast": False,
+    **NAIVE,
+    "gradient_checkpointing": False,
+    "lora_dropout": 0.0,
+    "sampling": "similar_length",
+    "upcast": False,
     "adapter_fp32": True,
 }
-# The course's memory plan turns gradient checkpointing on when the batch would not fit otherwise: what that costs
+# What gradient checkpointing costs: the course's memory plan turns it on where the batch would not fit
 CHECKPOINTED = ("course, gradient checkpointing", {**COURSE, "gradient_checkpointing": True})
-# QLoRA as PEFT and TRL leave it: float32 embedding and norms, bf16 adapters (the course before issue 23)
-PEFT_UPCAST = ("course, PEFT's float32 embedding and norms", {**COURSE, "upcast": True, "adapter_fp32": False})
+# QLoRA as PEFT and TRL leave it: float32 embedding and norms, bf16 adapters (the course's earlier recipe)
+PEFT_UPCAST = (
+    "course, PEFT's float32 embedding and norms",
+    {**COURSE, "upcast": True, "adapter_fp32": False},
+)
 
 # Unsloth's Llama 3.2 1B notebook: r=16 on all linear layers, batch 1 x 8, gradient checkpointing
 UNSLOTH = {**COURSE, "gradient_checkpointing": True, "batch": 1, "accumulation": 8}
 
-# On a CPU, TRL 1.16 projects every position through the LM head, prompt and padding included, because on devices
-# without Triton it keeps the tiles' shapes fixed (trl/trainer/utils.py, add_fused_lm_head); on CUDA it scores only the
-# labelled positions. This row patches TRL to do on the CPU what it does on CUDA; the course itself does not patch TRL.
+# On a CPU, TRL 1.16 projects every position through the LM head, prompt and padding included, because on
+# devices without Triton it keeps the tiles' shapes fixed (trl/trainer/utils.py, add_fused_lm_head); on CUDA
+# it scores only the labelled positions. This row patches TRL to do on the CPU what it does on CUDA; the
+# course itself does not patch TRL.
 HEAD_ROW = ("course, LM head on labelled positions only (TRL patched)", {**COURSE, "labelled_head": True})
 
 # notebook 1's "low memory" plan, which it uses where the plain one would not fit (a T4, a 24 GB card)
@@ -126,7 +139,7 @@ GPU_ROWS = {  # fewer rows than on a CPU (a lent GPU gives minutes), plus what o
     "qlora": [
         ("naive", {}),
         ("naive, seed 43", {"seed": 43}),
-        (PEFT_UPCAST[0], {**PEFT_UPCAST[1], "optim": "paged_adamw_8bit"}),  # the course before issue 23
+        (PEFT_UPCAST[0], {**PEFT_UPCAST[1], "optim": "paged_adamw_8bit"}),  # the course's earlier recipe
         ("course", {**COURSE, "optim": "paged_adamw_8bit"}),  # notebook 3's optimizer on a GPU
         ("course, gradient checkpointing", {**CHECKPOINTED[1], "optim": "paged_adamw_8bit"}),
         ("unsloth settings", UNSLOTH),  # embedding and norms in bf16, float32 adapters, as Unsloth keeps them
@@ -145,7 +158,7 @@ def plan(rows: str, methods: list[str]) -> list[tuple[str, str, dict]]:
 
 
 def long_conversations(dataset, tokenizer, rows: int, max_length: int, seed: int):
-    """Multi-turn conversations of 1 to 24 support exchanges, at most max_length tokens; the loss is on the last reply."""
+    """Conversations of 1 to 24 support exchanges up to max_length tokens; the loss is on the last reply."""
     import random
 
     from helpers.masking import tokenize_with_mask
@@ -190,11 +203,12 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     import torch
     from trl import SFTTrainer
 
+    from helpers.chat import CHAT_TEMPLATE_KWARGS, load_tokenizer
     from helpers.data import batches_of_similar_length, check_lengths, load_support, to_conversational
     from helpers.evaluate import eval_loss
     from helpers.hardware import detect_hardware
     from helpers.memory import MemoryTracker
-    from helpers.models import CHAT_TEMPLATE_KWARGS, choose_model, load_tokenizer, resolve_profile
+    from helpers.models import choose_model, resolve_profile
     from helpers.recipe import adapters_to_float32, load_model, sft_config
     from helpers.speed import ThroughputCallback
 
@@ -204,23 +218,38 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
     choice = choose_model(profile, None, os.environ.get("COURSE_CACHE_DIR"))
     tokenizer = load_tokenizer(choice.path)
     examples = args.steps * knobs["batch"] * knobs["accumulation"]
-    sizes = {"validation": args.eval_examples} if args.long else {"train": examples, "validation": args.eval_examples}
+    sizes = (
+        {"validation": args.eval_examples}
+        if args.long
+        else {"train": examples, "validation": args.eval_examples}
+    )
     raw = load_support(sizes)
     dataset = to_conversational(raw, chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
     train = dataset["train"]
     if args.long:
-        train = long_conversations(train, tokenizer, examples, args.max_length, seed=42)  # the same for every row
+        # the same for every row
+        train = long_conversations(train, tokenizer, examples, args.max_length, seed=42)
     longest = check_lengths(train, tokenizer, args.max_length)["max"]  # tokens in the longest example
     sampling = knobs["sampling"]
     if sampling == "similar_length":
-        train, sampling = batches_of_similar_length(train, tokenizer, knobs["batch"], knobs["seed"]), "sequential"
+        train, sampling = (
+            batches_of_similar_length(train, tokenizer, knobs["batch"], knobs["seed"]),
+            "sequential",
+        )
 
     if knobs["labelled_head"]:  # this row's process only (each CPU row runs in its own)
         score_labelled_positions_only()
     device = 0 if hardware.device_type == "cuda" else "cpu"
     model = load_model(
-        method, choice.path, precision.torch_dtype, device, knobs["seed"],
-        lora_dropout=knobs["lora_dropout"], attention=knobs["attention"], upcast=knobs["upcast"], tokenizer=tokenizer,
+        method,
+        choice.path,
+        precision.torch_dtype,
+        device,
+        knobs["seed"],
+        lora_dropout=knobs["lora_dropout"],
+        attention=knobs["attention"],
+        upcast=knobs["upcast"],
+        tokenizer=tokenizer,
     )
     if knobs["gradient_checkpointing"] and method != "full":
         model.enable_input_require_grads()  # checkpointed LoRA layers need a gradient path from the inputs
@@ -244,14 +273,24 @@ def run_row(method: str, knobs: dict, args: argparse.Namespace) -> dict:
         disable_tqdm=True,
     )
     throughput = ThroughputCallback(warmup_steps=args.warmup)
-    trainer = SFTTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer, callbacks=[throughput])
-    if method == "qlora" and (knobs["adapter_fp32"] or not training_args.bf16):  # bf16 adapters only under bf16
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        callbacks=[throughput],
+    )
+    # bf16 adapters only under bf16
+    if method == "qlora" and (knobs["adapter_fp32"] or not training_args.bf16):
         adapters_to_float32(trainer.model)
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     tracker = MemoryTracker(hardware.device_type)
-    if args.memory_snapshot:  # every CUDA allocation and free from here, with the Python lines that asked for it
-        torch.cuda.memory._record_memory_history(context="alloc", stacks="python", max_entries=SNAPSHOT_ENTRIES)
+    # every CUDA allocation and free from here, with the Python lines that asked for it
+    if args.memory_snapshot:
+        torch.cuda.memory._record_memory_history(
+            context="alloc", stacks="python", max_entries=SNAPSHOT_ENTRIES
+        )
     with tracker.phase("train"):
         try:
             output = trainer.train()
@@ -297,7 +336,7 @@ SNAPSHOT_ENTRIES = 2_000_000  # allocation events kept by --memory-snapshot (a r
 
 
 def allocation_site(frames: list[dict], depth: int = 2) -> str:
-    """The innermost Python frames outside torch (depth of them) that led to an allocation, as 'file:line function'."""
+    """The innermost `depth` Python frames outside torch behind an allocation, as 'file:line function'."""
     outside = [f for f in frames if "/torch/" not in f["filename"]][:depth]
     if not outside:
         return "(no Python frame outside torch: autograd's backward, or torch itself)"
@@ -315,8 +354,8 @@ def import_path(filename: str) -> str:
 def peak_breakdown(snapshot: dict, max_entries: int, top: int = 15) -> dict:
     """The allocations live at the peak of a CUDA memory snapshot's trace, summed by the code that made them.
 
-    The trace starts when recording did (torch.cuda.memory._record_memory_history): what was allocated before (the
-    weights) is not in it, so rise_bytes is how far the peak rose above that.
+    The trace starts when recording did (torch.cuda.memory._record_memory_history): what was allocated before
+    (the weights) is not in it, so rise_bytes is how far the peak rose above that.
     """
     trace = [event for device in snapshot["device_traces"] for event in device]
     total, rise, peak_at = 0, 0, -1
@@ -357,12 +396,13 @@ def score_labelled_positions_only() -> None:
 
 
 def row_estimate(row: dict, bf16: bool) -> dict[str, int]:
-    """Notebook 1's estimate (weights, gradients, optimizer states, activations) for a row's method and shapes."""
+    """Notebook 1's estimate (weights, gradients, optimizer, activations) for a row's method and shapes."""
     from helpers.fit import method_estimate
-    from helpers.models import LLAMA_3_2_1B
+    from helpers.shapes import LLAMA_3_2_1B
 
     knobs = row["knobs"]
-    on_cuda = row["gpu"] is not None  # TRL's LM head scores only the positions with a label on CUDA, all on a CPU
+    # TRL's LM head scores only the positions with a label on CUDA, all on a CPU
+    on_cuda = row["gpu"] is not None
     return method_estimate(
         LLAMA_3_2_1B,
         "full, 8-bit" if row["method"] == "full" and "8bit" in knobs["optim"] else row["method"],
@@ -371,14 +411,16 @@ def row_estimate(row: dict, bf16: bool) -> dict[str, int]:
         bf16=bf16,
         gradient_checkpointing=knobs["gradient_checkpointing"],
         loss_tokens=row["most_loss_tokens"] if on_cuda else None,
-        upcast=knobs.get("upcast", True),  # rows measured before issue 23 lack these two knobs
+        upcast=knobs.get("upcast", True),  # rows measured before these two knobs existed lack them
         adapter_fp32=knobs.get("adapter_fp32", False),
     )
 
 
 
 
-def row_process(method: str, knobs: dict, args: argparse.Namespace, result_file: Path, log_file: Path) -> None:
+def row_process(
+    method: str, knobs: dict, args: argparse.Namespace, result_file: Path, log_file: Path
+) -> None:
     """Run one row in this (forked) process, its output to log_file and its result to result_file."""
     with open(log_file, "w") as log:
         os.dup2(log.fileno(), 1)
@@ -387,8 +429,10 @@ def row_process(method: str, knobs: dict, args: argparse.Namespace, result_file:
     result_file.write_text(json.dumps(result))
 
 
-def in_process_row(method: str, knobs: dict, args: argparse.Namespace, result_file: Path, log_file: Path) -> int:
-    """Run one row in this process (CUDA): 0 when it worked, 1 with the traceback in log_file when it failed."""
+def in_process_row(
+    method: str, knobs: dict, args: argparse.Namespace, result_file: Path, log_file: Path
+) -> int:
+    """Run one row in this process (CUDA): 0 if it worked, 1 with the traceback in log_file if it failed."""
     import gc
     import traceback
 
@@ -408,7 +452,7 @@ def in_process_row(method: str, knobs: dict, args: argparse.Namespace, result_fi
 
 
 def without_out(argv: list[str]) -> list[str]:
-    """The command-line arguments without --out and its folder (a machine path: the run is recorded, not where)."""
+    """The command-line arguments less --out and its folder (a machine path: record the run, not where)."""
     kept, skip = [], False
     for arg in argv:
         if skip:
@@ -435,7 +479,9 @@ def reestimate(out: Path) -> int:
 
 
 METHOD_NAMES = {"full": "full", "lora": "LoRA", "qlora": "QLoRA"}
-README_TABLE = re.compile(r"(<!-- benchmark table: (?P<run>[^>]+?) -->\n).*?(<!-- end of benchmark table -->)", re.S)
+README_TABLE = re.compile(
+    r"(<!-- benchmark table: (?P<run>[^>]+?) -->\n).*?(<!-- end of benchmark table -->)", re.S
+)
 
 
 def row_order(rows: list[dict]) -> list[str]:
@@ -451,10 +497,12 @@ def row_order(rows: list[dict]) -> list[str]:
 
 
 def markdown_table(run: dict) -> str:
-    """A run as a markdown table: a line per row, a column per method; each cell real tokens/s (x naive), peak memory."""
+    """A run as a markdown table, a column per method; each cell real tokens/s (x naive) and peak memory."""
     from helpers.memory import format_bytes
 
-    naive = {r["method"]: r["tokens_per_second"] for r in run["rows"] if r["row"] == "naive" and "error" not in r}
+    naive = {
+        r["method"]: r["tokens_per_second"] for r in run["rows"] if r["row"] == "naive" and "error" not in r
+    }
     cells = {}
     for r in run["rows"]:
         if "error" in r:
@@ -468,13 +516,23 @@ def markdown_table(run: dict) -> str:
     lines = [
         "| row | " + " | ".join(METHOD_NAMES.get(m, m) for m in methods) + " |",
         "|---" * (len(methods) + 1) + "|",
-        *(f"| {name} | " + " | ".join(cells.get((name, m), "") for m in methods) + " |" for name in row_order(run["rows"])),
+        *(
+            f"| {name} | " + " | ".join(cells.get((name, m), "") for m in methods) + " |"
+            for name in row_order(run["rows"])
+        ),
     ]
     measured = next(r["peak_memory"]["measured"] for r in run["rows"] if "error" not in r)
-    memory = "peak allocated (CUDA)" if measured.startswith("cuda") else "peak resident memory of the row's process"
+    memory = (
+        "peak allocated (CUDA)"
+        if measured.startswith("cuda")
+        else "peak resident memory of the row's process"
+    )
     lines.append(f"\nEach cell: real tokens/s after warm-up (x the method's naive row), {memory}.")
     if any(r["method"] == "qlora" and r["row"] == "course" and r["knobs"].get("upcast") for r in run["rows"]):
-        lines[-1] += ' QLoRA\'s "course" row in this run kept PEFT\'s float32 embedding and norms (the recipe before issue 23).'
+        lines[-1] += (
+            " QLoRA's \"course\" row in this run kept PEFT's float32 embedding and norms "
+            "(the recipe before it kept them in the compute dtype)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -483,7 +541,9 @@ def readme_tables(text: str, runs: dict) -> str:
 
     def table(match: re.Match) -> str:
         if match["run"] not in runs:
-            raise SystemExit(f"README names the benchmark run {match['run']!r}, which the results file lacks: {list(runs)}")
+            raise SystemExit(
+                f"README names the benchmark run {match['run']!r}, which the results file lacks: {list(runs)}"
+            )
         return match[1] + markdown_table(runs[match["run"]]) + match[3]
 
     return README_TABLE.sub(table, text)
@@ -502,10 +562,15 @@ def run_key(args: argparse.Namespace, hardware) -> str:
 
 
 def write_run(
-    args: argparse.Namespace, argv: list[str] | None, hardware, rows: list[dict], seconds: float, earlier: dict | None
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    hardware,
+    rows: list[dict],
+    seconds: float,
+    earlier: dict | None,
 ) -> dict:
-    """Put this run's rows into the results file, replacing an earlier run of the same profile on the same device."""
-    from helpers.hardware import package_versions
+    """Put this run's rows in the results file, replacing an earlier run of the same profile and device."""
+    from helpers.install import package_versions
     from helpers.results import write_json_atomic
 
     run = {
@@ -514,7 +579,14 @@ def write_run(
         "precision": hardware.precision.name,
         "versions": package_versions(),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "command": shlex.join([*allocator_setting(), "python", "scripts/benchmark.py", *without_out(argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join(
+            [
+                *allocator_setting(),
+                "python",
+                "scripts/benchmark.py",
+                *without_out(argv if argv is not None else sys.argv[1:]),
+            ]
+        ),
         "naive": NAIVE,
         "course": COURSE,
         "rows": rows,
@@ -537,28 +609,44 @@ def write_run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", default="tiny", help="tiny, llama-3.2-1b-random or hub")
     parser.add_argument("--methods", default="full,lora,qlora")
-    parser.add_argument("--rows", choices=["cpu", "gpu", "smoke"], default="cpu", help="gpu: fewer rows, 8-bit AdamW, Liger")
+    parser.add_argument(
+        "--rows", choices=["cpu", "gpu", "smoke"], default="cpu", help="gpu: fewer rows, 8-bit AdamW, Liger"
+    )
     parser.add_argument("--budget-s", type=float, default=None, help="start no row after this many seconds")
-    parser.add_argument("--smoke", action="store_true", help="two LoRA rows, a few steps (same as --rows smoke --steps 4)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="two LoRA rows, a few steps (same as --rows smoke --steps 4)"
+    )
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per row")
     parser.add_argument("--warmup", type=int, default=4, help="steps left out of tokens per second")
     parser.add_argument("--eval-examples", type=int, default=64)
     parser.add_argument("--long", action="store_true", help="chain conversations up to --max-length tokens")
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--only", default=None, help="these rows only: 'method:row name;...' (e.g. 'lora:course')")
-    parser.add_argument("--merge", action="store_true", help="keep the earlier run's other rows (each row names its command)")
     parser.add_argument(
-        "--reestimate", action="store_true", help="recompute the stored rows' memory estimates (after the estimator changed)"
+        "--only", default=None, help="these rows only: 'method:row name;...' (e.g. 'lora:course')"
     )
     parser.add_argument(
-        "--memory-snapshot", action="store_true",
-        help="CUDA: record every allocation while training; each row gets peak_breakdown (what was live at its peak, "
-        "by line of code). Recording slows training: write these rows to their own --out",
+        "--merge", action="store_true", help="keep the earlier run's other rows (each row names its command)"
     )
-    parser.add_argument("--readme", action="store_true", help="print README's benchmark tables again from --out")
+    parser.add_argument(
+        "--reestimate",
+        action="store_true",
+        help="recompute the stored rows' memory estimates (after the estimator changed)",
+    )
+    parser.add_argument(
+        "--memory-snapshot",
+        action="store_true",
+        help="CUDA: record every allocation while training; each row gets peak_breakdown "
+        "(what was live at its peak, by line of code). "
+        "Recording slows training: write these rows to their own --out",
+    )
+    parser.add_argument(
+        "--readme", action="store_true", help="print README's benchmark tables again from --out"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmark.json")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -568,7 +656,9 @@ def main(argv: list[str] | None = None) -> int:
         return reestimate(args.out)
     if args.readme:
         readme = ROOT / "README.md"
-        readme.write_text(readme_tables(readme.read_text(encoding="utf-8"), json.loads(args.out.read_text())["runs"]))
+        readme.write_text(
+            readme_tables(readme.read_text(encoding="utf-8"), json.loads(args.out.read_text())["runs"])
+        )
         return 0
 
     import torch
@@ -582,14 +672,17 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"--only names rows that --rows {args.rows} does not have: {unknown}")
         rows = [next(r for r in rows if (r[0], r[1]) == w) for w in wanted]  # in the order given
-    # On a CPU each row runs in a process forked from this one, so that its peak RSS is its own, and it starts with the
-    # libraries imported (a fresh process takes 12 s here). On CUDA the rows share this process: the allocator's peak
-    # counters are reset for each row, and its cache emptied.
+    # On a CPU each row runs in a process forked from this one, so that its peak RSS is its own, and it starts
+    # with the libraries imported (a fresh process takes 12 s here). On CUDA the rows share this process: the
+    # allocator's peak counters are reset for each row, and its cache emptied.
     cuda = torch.cuda.is_available()
     if args.memory_snapshot and not cuda:
         parser.error("--memory-snapshot records CUDA allocations: run it on a machine with a CUDA GPU.")
     hardware = detect_hardware()
-    print(f"{len(rows)} rows, {args.steps} steps each, profile {args.profile}, on {hardware.describe()}", flush=True)
+    print(
+        f"{len(rows)} rows, {args.steps} steps each, profile {args.profile}, on {hardware.describe()}",
+        flush=True,
+    )
     import peft  # noqa: F401  imported before forking (peft alone takes 10 s to import here)
     import trl  # noqa: F401
 
@@ -600,25 +693,34 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads(args.out.read_text())["runs"].get(run_key(args, hardware))
     results, started = [], time.perf_counter()
     if cuda and rows:
-        # The first training in a process pays for CUDA's lazy start (kernels loaded, cuBLAS handles, bitsandbytes'
-        # library): measured on the H200, a first QLoRA row ran at 11,905 tokens/s and the same row later at 18,480.
-        # Three thrown-away steps were not enough: after them the first row (QLoRA naive) still measured 12,083
-        # tokens/s, and 16,712 when run again later (--only ... --merge). Each new batch shape costs the allocator and
-        # the kernels' heuristics their first call, so the whole first row now runs once, unmeasured, before the rows.
+        # The first training in a process pays for CUDA's lazy start (kernels loaded, cuBLAS handles,
+        # bitsandbytes' library): measured on the H200, a first QLoRA row ran at 11,905 tokens/s and the same
+        # row later at 18,480. Three thrown-away steps were not enough: after them the first row (QLoRA naive)
+        # still measured 12,083 tokens/s, and 16,712 when run again later (--only ... --merge). Each new batch
+        # shape costs the allocator and the kernels' heuristics their first call, so the whole first row now
+        # runs once, unmeasured, before the rows.
         method, _, knobs = rows[0]
         warm = argparse.Namespace(**{**vars(args), "warmup": 1, "eval_examples": 8, "memory_snapshot": False})
         with tempfile.TemporaryDirectory() as scratch:
             scratch = Path(scratch)
             failed = in_process_row(method, knobs, warm, scratch / "warm.json", scratch / "warm.log")
-        print(f"warm-up: {args.steps} steps of {method} {rows[0][1]} {'failed' if failed else 'done'} (not measured), "
-              f"{time.perf_counter() - started:.0f} s", flush=True)
+        print(
+            f"warm-up: {args.steps} steps of {method} {rows[0][1]} {'failed' if failed else 'done'} "
+            f"(not measured), {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
     with tempfile.TemporaryDirectory() as scratch:
         for i, (method, name, knobs) in enumerate(rows, 1):
             result_file, log_file = Path(scratch) / f"row{i}.json", Path(scratch) / f"row{i}.log"
             row_start = time.perf_counter()
             if args.budget_s is not None and row_start - started > args.budget_s:
-                print(f"[{i}/{len(rows)}] {method:<5} {name}: skipped (--budget-s {args.budget_s:.0f} spent)", flush=True)
-                results.append({"method": method, "row": name, "knobs": knobs, "error": "skipped: time budget spent"})
+                print(
+                    f"[{i}/{len(rows)}] {method:<5} {name}: skipped (--budget-s {args.budget_s:.0f} spent)",
+                    flush=True,
+                )
+                results.append(
+                    {"method": method, "row": name, "knobs": knobs, "error": "skipped: time budget spent"}
+                )
                 continue
             if cuda:  # one process; the allocator's peaks are reset for each row
                 exitcode = in_process_row(method, knobs, args, result_file, log_file)
@@ -636,10 +738,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             row = {"row": name, **json.loads(result_file.read_text())}
             results.append(row)
-            write_run(args, argv, hardware, results, time.perf_counter() - started, earlier)  # a run cut short keeps its rows
+            # a run cut short keeps its rows
+            write_run(args, argv, hardware, results, time.perf_counter() - started, earlier)
             print(
-                f"[{i}/{len(rows)}] {method:<5} {name:<42} {row['tokens_per_second']:8.0f} tok/s  "
-                f"padding {row['padding_share']:5.1%}  peak {row['peak_memory']['peak_bytes'] / 2**20:7.0f} MiB  "
+                f"[{i}/{len(rows)}] {method:<5} {name:<42} {row['tokens_per_second']:8.0f} tok/s  padding "
+                f"{row['padding_share']:5.1%}  peak {row['peak_memory']['peak_bytes'] / 2**20:7.0f} MiB  "
                 f"eval loss {row['eval_loss']:.3f}  ({time.perf_counter() - row_start:.0f} s)",
                 flush=True,
             )
@@ -647,8 +750,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(results)} rows in {run['seconds']:.0f} s -> {args.out}", flush=True)
     code = 1 if any("error" in row for row in results) else 0
     if cuda and argv is None:
-        # On the H200 the interpreter then hung at exit (a thread left behind by one of the GPU rows' libraries) until
-        # `timeout` killed it. Everything is written by now, so leave without waiting for it.
+        # On the H200 the interpreter then hung at exit (a thread left behind by one of the GPU rows'
+        # libraries) until `timeout` killed it. Everything is written by now, so leave without waiting for it.
         sys.stderr.flush()
         os._exit(code)
     return code

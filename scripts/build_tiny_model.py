@@ -1,10 +1,10 @@
 """Build the `tiny` profile's model: a Llama-3-style tokenizer and a 4 M-parameter Llama, briefly pretrained.
 
 Run from the repository root:  python scripts/build_tiny_model.py
-It writes models/tiny-llama-support/ (weights, config, tokenizer, build_info.json). The defaults are the shipped
-model's recipe: about 200 s on one H100/H200 (it was built on an H200), several hours on a CPU (--snapshots keeps
-the latest state of a long build). Deterministic for a given machine, device and torch version; the result is
-checked in so that CI and learners never need to rebuild it.
+It writes models/tiny-llama-support/ (weights, config, tokenizer, build_info.json). The defaults are the
+shipped model's recipe: about 200 s on one H100/H200 (it was built on an H200), several hours on a CPU
+(--snapshots keeps the latest state of a long build). Deterministic for a given machine, device and torch
+version; the result is checked in so that CI and learners never need to rebuild it.
 It trains on a CUDA GPU when there is one (--device), and prints the copy probe as it goes: the loss on the
 second pass of random digit and word strings shown twice, against the first pass (a model that copies from
 its context scores a ratio near 0; one that cannot, near 1).
@@ -32,20 +32,15 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA (set before CUDA starts)
+# deterministic cuBLAS on CUDA (set before CUDA starts)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 from helpers import ROOT
 from helpers.artifacts import atomic_dir, shown
+from helpers.chat import CHAT_TEMPLATE, END_OF_TURN, PAD_TOKEN
 from helpers.evaluate import copy_probe
-from helpers.models import (
-    CHAT_TEMPLATE,
-    END_OF_TURN,
-    PAD_TOKEN,
-    SPECIAL_TOKENS,
-    TINY,
-    TINY_MODEL_DIR,
-    llama_config,
-)
+from helpers.shapes import TINY, llama_config
+from helpers.stand_in import SPECIAL_TOKENS, TINY_MODEL_DIR
 
 CORPUS = ROOT / "data" / "pretrain" / "corpus.txt"
 SUPPORT_TRAIN = ROOT / "data" / "support" / "train.jsonl"
@@ -62,7 +57,8 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            # Llama 3 groups digits in threes; one token per digit lets a 4 M-parameter model learn to copy numbers.
+            # Llama 3 groups digits in threes;
+            # one token per digit lets a 4 M-parameter model learn to copy numbers.
             pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
@@ -94,7 +90,9 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 def fresh_numbers(paragraph: str, rng: random.Random) -> str:
     """Replace each distinct 5-digit number by a new random one, consistently within the paragraph."""
     mapping: dict[str, str] = {}
-    return re.sub(r"\d{5}", lambda m: mapping.setdefault(m.group(), str(rng.randint(10000, 99999))), paragraph)
+    return re.sub(
+        r"\d{5}", lambda m: mapping.setdefault(m.group(), str(rng.randint(10000, 99999))), paragraph
+    )
 
 
 DRILLS = [
@@ -133,8 +131,8 @@ def pretraining_stream(
     """Token ids of several passes over the corpus: plain paragraphs, a third wrapped as one chat exchange.
 
     Each pass draws new order numbers, so the model cannot memorise them: to predict a repeated number it has
-    to copy it from earlier in the text, the skill extraction needs. Short warehouse-log "drills" that repeat a
-    random list make that copying signal dense enough for a short CPU pretraining run.
+    to copy it from earlier in the text, the skill extraction needs. Short warehouse-log "drills" that repeat
+    a random list make that copying signal dense enough for a short CPU pretraining run.
     """
     rng = random.Random(seed)
     ids: list[int] = []
@@ -162,11 +160,11 @@ def pretraining_stream(
 
 
 def repeat_row(data: torch.Tensor, pools: list[torch.Tensor], seq: int, gen: torch.Generator) -> torch.Tensor:
-    """seq tokens of random spans, each shown twice with a little corpus text between: only copying predicts a repeat.
+    """seq tokens of random spans, each shown twice with corpus text between: only copying predicts a repeat.
 
-    Spans vary in length and in the gap before their repeat, so no fixed offset (a positional shortcut) predicts them.
-    Each span draws from one pool (digits alone, or words): ten digits repeat often within a span, so copying them
-    takes matching more than the one token before (as for a five-digit order number).
+    Spans vary in length and in the gap before their repeat, so no fixed offset (a positional shortcut)
+    predicts them. Each span draws from one pool (digits alone, or words): ten digits repeat often within a
+    span, so copying them takes matching more than the one token before (as for a five-digit order number).
     """
     row: list[torch.Tensor] = []
     while sum(len(part) for part in row) < seq:
@@ -180,16 +178,20 @@ def repeat_row(data: torch.Tensor, pools: list[torch.Tensor], seq: int, gen: tor
 
 
 def probe_pools(tokenizer: PreTrainedTokenizerFast, paragraphs: list[str]) -> dict[str, list[str]]:
-    """Strings of one token each for the copy probe: the ten digits, and corpus words that are a single token."""
+    """One-token strings for the copy probe: the ten digits, and corpus words that are a single token."""
     words = sorted({word for para in paragraphs for word in re.findall(r"[a-z]{3,}", para)})
     single = [f" {w}" for w in words if len(tokenizer(f" {w}", add_special_tokens=False)["input_ids"]) == 1]
     return {"digits": [str(d) for d in range(10)], "words": single}
 
 
-def run_probe(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, pools: dict[str, list[str]]) -> dict:
+def run_probe(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, pools: dict[str, list[str]]
+) -> dict:
     """The copy probe on held-out random strings (a seed the training rows never use), per pool."""
     was_training = model.training
-    result = {name: copy_probe(model, tokenizer, pool, length=30, n=32, seed=12345) for name, pool in pools.items()}
+    result = {
+        name: copy_probe(model, tokenizer, pool, length=30, n=32, seed=12345) for name, pool in pools.items()
+    }
     model.train(was_training)
     return {name: {k: round(v, 3) for k, v in r.items()} for name, r in result.items()}
 
@@ -222,9 +224,16 @@ def pretrain(
     start = time.time()
     for step in range(args.stop_at or steps):
         starts = torch.randint(0, len(data) - seq - 1, (args.batch,), generator=gen)
-        repeats = (torch.rand(args.batch, generator=gen) < args.repeat_share) if args.repeat_share else [False] * args.batch
+        repeats = (
+            (torch.rand(args.batch, generator=gen) < args.repeat_share)
+            if args.repeat_share
+            else [False] * args.batch
+        )
         x = torch.stack(
-            [repeat_row(data, span_pools, seq, gen) if r else data[s : s + seq] for s, r in zip(starts, repeats, strict=True)]
+            [
+                repeat_row(data, span_pools, seq, gen) if r else data[s : s + seq]
+                for s, r in zip(starts, repeats, strict=True)
+            ]
         ).to(device)
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
@@ -237,9 +246,15 @@ def pretrain(
             print(f"step {step:5d}  loss {loss.item():.3f}  {time.time() - start:6.0f}s", flush=True)
         if (step + 1) % args.probe_every == 0 or step + 1 == (args.stop_at or steps):
             probes.append({"step": step + 1, **probe()})
-            print("  copy probe (second pass / first pass):",
-                  ", ".join(f"{k} {v['second_copy']:.2f}/{v['first_copy']:.2f} = {v['ratio']:.2f}" for k, v in probes[-1].items() if k != "step"),
-                  flush=True)
+            print(
+                "  copy probe (second pass / first pass):",
+                ", ".join(
+                    f"{k} {v['second_copy']:.2f}/{v['first_copy']:.2f} = {v['ratio']:.2f}"
+                    for k, v in probes[-1].items()
+                    if k != "step"
+                ),
+                flush=True,
+            )
             if step + 1 < (args.stop_at or steps):  # the last state is saved by the caller
                 snapshot(step + 1, history, probes)
     model.eval()
@@ -247,18 +262,31 @@ def pretrain(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=3000, help="pretraining steps")
     parser.add_argument("--passes", type=int, default=6, help="passes over the corpus, each with new numbers")
     parser.add_argument("--batch", type=int, default=256, help="sequences per step")
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
-    parser.add_argument("--repeat-share", type=float, default=0.5, help="share of rows that are repeated random spans")
+    parser.add_argument(
+        "--repeat-share", type=float, default=0.5, help="share of rows that are repeated random spans"
+    )
     parser.add_argument("--probe-every", type=int, default=200, help="steps between copy probes")
-    parser.add_argument("--stop-at", type=int, default=2200, help="stop after this many steps of the --steps schedule (0: all)")
-    parser.add_argument("--snapshots", action="store_true", help="save the model after every probe, not only at the end")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--stop-at",
+        type=int,
+        default=2200,
+        help="stop after this many steps of the --steps schedule (0: all)",
+    )
+    parser.add_argument(
+        "--snapshots", action="store_true", help="save the model after every probe, not only at the end"
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda"
+    )
     parser.add_argument("--out", type=Path, default=TINY_MODEL_DIR, help="output folder")
     args = parser.parse_args()
 
@@ -267,7 +295,8 @@ def main() -> None:
     paragraphs = [line.strip() for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
     support = [json.loads(line) for line in SUPPORT_TRAIN.read_text(encoding="utf-8").splitlines()]
     tokenizer = train_tokenizer(
-        paragraphs + [ex["prompt"] for ex in support] + [ex["completion"] for ex in support], TINY["vocab_size"]
+        paragraphs + [ex["prompt"] for ex in support] + [ex["completion"] for ex in support],
+        TINY["vocab_size"],
     )
     products = sorted({ex["product"] for ex in support if ex["product"]})
     tags = sorted({ex["category"] for ex in support})
@@ -284,7 +313,8 @@ def main() -> None:
     model = LlamaForCausalLM(config).to(args.device)
     pools = probe_pools(tokenizer, paragraphs)
     span_pools = [  # the repeated spans draw from the same tokens as the probe, in other random orders
-        torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in pool]) for pool in pools.values()
+        torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in pool])
+        for pool in pools.values()
     ]
     generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
@@ -295,19 +325,24 @@ def main() -> None:
         info = {
             "parameters": sum(p.numel() for p in model.parameters()),
             "corpus_tokens": len(stream),
-            "args": {k: shown(v) if isinstance(v, Path) else str(v) for k, v in vars(args).items()},  # no machine paths
+            # no machine paths
+            "args": {k: shown(v) if isinstance(v, Path) else str(v) for k, v in vars(args).items()},
             "steps_done": steps_done,  # rebuild this model with --stop-at steps_done (if below --steps)
             "device": args.device,
             "torch": torch.__version__,
             "loss_history": history,
-            "copy_probe": probes,  # per probe step: first- and second-pass loss per token on held-out random strings
+            # per probe step: first- and second-pass loss per token on held-out random strings
+            "copy_probe": probes,
         }
         model.generation_config = generation_config
         with atomic_dir(args.out) as folder:
             model.save_pretrained(folder)  # safetensors copies the weights to the CPU
             tokenizer.save_pretrained(folder)
             (folder / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
-        print(f"saved {shown(args.out)} after {steps_done} steps ({info['parameters']:,} parameters)", flush=True)
+        print(
+            f"saved {shown(args.out)} after {steps_done} steps ({info['parameters']:,} parameters)",
+            flush=True,
+        )
 
     history, probes = pretrain(
         model,

@@ -1,31 +1,32 @@
 """Check the notebooks on a CUDA GPU: the work behind scripts/gpu_check.sh (run that; it keeps the log).
 
-Runs notebooks 01-04 in the llama-3.2-1b-random profile with the smoke budget (COURSE_SMOKE=1), in two regimes,
-in this order: native 01, 02, 03, then t4 01, 02, 03, then native 04 and t4 04.
+Runs notebooks 01-04 in the llama-3.2-1b-random profile with the smoke budget (COURSE_SMOKE=1), in two
+regimes, in this order: native 01, 02, 03, then t4 01, 02, 03, then native 04 and t4 04.
     native  COURSE_PRECISION=auto (the GPU's own precision)
     t4      COURSE_PRECISION=fp16 and COURSE_GPU_MEMORY_GIB=15 (the memory a T4 has), COURSE_PLAN="low memory"
-Each notebook runs in its own scripts/run_course.py process (fresh kernel); the executed notebooks go to a scratch
-folder outside the repository. Per regime it writes results/gpu/<gpu>/<regime>/check.json (rewritten after each
-run): the GPU, the environment used, per notebook its seconds, status and error, the stdout of the golden cells
-('# NBVAL_CHECK_OUTPUT') and the library versions. The notebooks write full.json, lora.json and qlora.json there.
-Check files name no machine paths: paths in the repository are relative, the scratch folder is <scratch>, the
-wheels' folder <site>, the interpreter's packages <site-packages> and <stdlib>, the home folder ~ (the notebooks
-themselves get the real paths).
+Each notebook runs in its own scripts/run_course.py process (fresh kernel); the executed notebooks go to a
+scratch folder outside the repository. Per regime it writes results/gpu/<gpu>/<regime>/check.json (rewritten
+after each run): the GPU, the environment used, per notebook its seconds, status and error, the stdout of the
+golden cells ('# NBVAL_CHECK_OUTPUT') and the library versions. The notebooks write full.json, lora.json and
+qlora.json there. Check files name no machine paths: paths in the repository are relative, the scratch folder
+is <scratch>, the wheels' folder <site>, the interpreter's packages <site-packages> and <stdlib>, the home
+folder ~ (the notebooks themselves get the real paths).
 
 --full: the same runs in the same order at the notebooks' real budget (COURSE_SMOKE unset), into
-results/gpu/<gpu>/full/<regime>/ (the smoke results stay; notebook 4's table of GPU rows does not read this folder),
-with a deadline of 520 s and 300 s per notebook, so that it ends within 9 minutes even when the kill backstop
-fires: what does not fit is skipped, the comparisons first. Each run whose notebook wrote its results file gets a
-"cost" in check.json, also printed: the run's wall seconds, train seconds and tokens/s, the train peaks allocated
-and reserved (from the results file) and the model FLOPs utilisation, MFU = tokens/s x FLOPs per token / the GPU's dense bf16/fp16 peak (PEAK_TFLOPS;
-null, with the reason, for a GPU not listed). FLOPs per trained token: 2 per weight forward, 2 per weight backward
-for the input gradient (frozen weights too), 2 more per trainable weight for its own gradient; that is 6 N for full
-fine-tuning and 4 N_frozen + 6 N_trainable for LoRA and QLoRA. Attention's seq^2 term, QLoRA's dequantization and
-padding are not counted (tokens are the non-padding ones the notebooks count).
+results/gpu/<gpu>/full/<regime>/ (the smoke results stay; notebook 4's table of GPU rows does not read this
+folder), with a deadline of 520 s and 300 s per notebook, so that it ends within 9 minutes even when the kill
+backstop fires: what does not fit is skipped, the comparisons first. Each run whose notebook wrote its results
+file gets a "cost" in check.json, also printed: the run's wall seconds, train seconds and tokens/s, the train
+peaks allocated and reserved (from the results file) and the model FLOPs utilisation, MFU = tokens/s x FLOPs
+per token / the GPU's dense bf16/fp16 peak (PEAK_TFLOPS; null, with the reason, for a GPU not listed).
+FLOPs per trained token: 2 per weight forward, 2 per weight backward for the input gradient (frozen weights
+too), 2 more per trainable weight for its own gradient; that is 6 N for full fine-tuning and
+4 N_frozen + 6 N_trainable for LoRA and QLoRA. Attention's seq^2 term, QLoRA's dequantization and padding are
+not counted (tokens are the non-padding ones the notebooks count).
 
-Before any notebook: the wheels in .whl/ (scripts/gpu_wheels.sh) are installed into /tmp/site, which goes first on
-PYTHONPATH (the kernels inherit it); then one line of versions is printed and bitsandbytes must quantize and
-dequantize a CUDA tensor in 4 bits. If either fails, no notebook runs.
+Before any notebook: the wheels in .whl/ (scripts/gpu_wheels.sh) are installed into /tmp/site, which goes
+first on PYTHONPATH (the kernels inherit it); then one line of versions is printed and bitsandbytes must
+quantize and dequantize a CUDA tensor in 4 bits. If either fails, no notebook runs.
 
 Without CUDA, or with --dry-run, nothing runs: it prints the plan, one item a line, and exits 0:
     DRY-RUN reason=...            why nothing runs
@@ -33,11 +34,12 @@ Without CUDA, or with --dry-run, nothing runs: it prints the plan, one item a li
     SETTINGS mode=smoke|full budget_s=... ...
     WHEEL <file>                  one line per wheel it would install (none: no line)
     INSTALL <command>             the install command, when there are wheels
-    RUN <i>/<n> <regime> <notebook> timeout_s=<s> KEY=VALUE ...   one line per notebook run, its whole environment
+    RUN <i>/<n> <regime> <notebook> timeout_s=<s> KEY=VALUE ...
+                                  one line per notebook run, its whole environment
 Values are quoted for a POSIX shell (shlex.split reads a line back).
 
-Exit status: 0 when every step ran and passed (or after a dry run), 1 otherwise (a failed, timed-out or skipped
-run, or a failed install or preflight).
+Exit status: 0 when every step ran and passed (or after a dry run), 1 otherwise (a failed, timed-out or
+skipped run, or a failed install or preflight).
 
 Settings (environment; the defaults fit the device tool's 10-minute limit with room to spare):
     GPU_CHECK_BUDGET_S=450            deadline, from the start: no notebook run starts or runs past it; a run
@@ -47,9 +49,11 @@ Settings (environment; the defaults fit the device tool's 10-minute limit with r
     GPU_CHECK_WHEELS=<repo>/.whl      wheels to install first; GPU_CHECK_SITE=/tmp/site where they go
     GPU_CHECK_RESULTS=<repo>/results/gpu  where <slug>/<regime>/ go
     GPU_CHECK_NOTEBOOKS, GPU_CHECK_REGIMES  space-separated overrides of the notebooks (paths) and regimes
-    GPU_CHECK_RUNS                    space-separated regime:notebook pairs, in order (overrides both, e.g. a rerun)
-    OUT                               if set: $OUT/gpu_results.tar.gz (results/gpu/) and the executed notebooks
-                                      of up to 4 failed runs ($OUT/gpu_check.log comes from gpu_check.sh)
+    GPU_CHECK_RUNS                    space-separated regime:notebook pairs, in order
+                                      (overrides both, e.g. a rerun)
+    OUT                               if set: $OUT/gpu_results.tar.gz (results/gpu/) and the executed
+                                      notebooks of up to 4 failed runs
+                                      ($OUT/gpu_check.log comes from gpu_check.sh)
 Option --allow-cpu (for tests on a machine without CUDA): run anyway, with GPU slug 'cpu' and no bitsandbytes
 round trip.
 """
@@ -73,7 +77,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-START = time.monotonic()  # the deadline counts from here: the CUDA probe and the install are part of the budget
+# the deadline counts from here: the CUDA probe and the install are part of the budget
+START = time.monotonic()
 ROOT = Path(__file__).resolve().parent.parent  # its own: it runs before the course's packages are installed
 NOTEBOOKS = [
     "notebooks/01_full_finetuning.ipynb",
@@ -83,8 +88,8 @@ NOTEBOOKS = [
 ]
 REGIMES = {
     "native": {"COURSE_PRECISION": "auto"},
-    # COURSE_PLAN: notebook 1 trains its "low memory" plan under the cap even where the estimate says it won't fit,
-    # so the T4 verdict is measured, not estimated.
+    # COURSE_PLAN: notebook 1 trains its "low memory" plan under the cap even where the estimate says it won't
+    # fit, so the T4 verdict is measured, not estimated.
     "t4": {"COURSE_PRECISION": "fp16", "COURSE_GPU_MEMORY_GIB": "15", "COURSE_PLAN": "low memory"},
 }
 PROFILE = "llama-3.2-1b-random"
@@ -93,21 +98,32 @@ KILL_GRACE_S = 20  # run_course.py enforces the timeout itself; this is the back
 MAX_FAILED_NOTEBOOKS = 4  # executed notebooks of failed runs copied to $OUT
 MAX_OUT_FILE = 16 * 2**20  # the device tool returns files up to 16 MiB
 VERSIONS_MARK = "PREFLIGHT_VERSIONS "
-# (deadline, the most one notebook run may take) in seconds. Both fit the device tool's 10 minutes a call; --full's
-# deadline plus KILL_GRACE_S stays within 9 minutes.
+# (deadline, the most one notebook run may take) in seconds. Both fit the device tool's 10 minutes a call;
+# --full's deadline plus KILL_GRACE_S stays within 9 minutes.
 BUDGETS = {"smoke": (450.0, 240.0), "full": (520.0, 300.0)}
-RESULTS_FILES = {"01_full_finetuning.ipynb": "full.json", "02_lora.ipynb": "lora.json", "03_qlora.ipynb": "qlora.json"}
-# Dense (no sparsity) bf16/fp16 tensor-core peaks in TFLOP/s, by a pattern of the name torch reports. The H100 SXM's
-# name says HBM3; the H100 PCIe and NVL have lower peaks and are not listed: a GPU not listed gets no MFU.
-PEAK_TFLOPS = [(r"H200", 989.0), (r"H100.*(SXM|HBM3)", 989.0), (r"A100", 312.0), (r"\bL4\b", 121.0), (r"\bT4\b", 65.0)]
+RESULTS_FILES = {
+    "01_full_finetuning.ipynb": "full.json",
+    "02_lora.ipynb": "lora.json",
+    "03_qlora.ipynb": "qlora.json",
+}
+# Dense (no sparsity) bf16/fp16 tensor-core peaks in TFLOP/s, by a pattern of the name torch reports.
+# The H100 SXM's name says HBM3; the H100 PCIe and NVL have lower peaks and are not listed:
+# a GPU not listed gets no MFU.
+PEAK_TFLOPS = [
+    (r"H200", 989.0),
+    (r"H100.*(SXM|HBM3)", 989.0),
+    (r"A100", 312.0),
+    (r"\bL4\b", 121.0),
+    (r"\bT4\b", 65.0),
+]
 
 # Run by the machine's python3 with the kit on PYTHONPATH, from the repository root. argv[1]: "cuda" or "cpu".
-PREFLIGHT = r'''
+PREFLIGHT = r"""
 import importlib, importlib.metadata as md, json, platform, sys, traceback
 names = ["torch", "transformers", "tokenizers", "huggingface_hub", "peft", "trl", "bitsandbytes", "datasets",
          "accelerate", "safetensors", "matplotlib", "psutil", "nbclient", "nbformat", "ipykernel",
-         "jupyter_client", "ipython", "numpy", "pandas", "pyarrow", "fsspec", "regex", "click", "typer", "anyio",
-         "idna", "packaging", "pyyaml", "tqdm", "filelock", "typing_extensions"]
+         "jupyter_client", "ipython", "numpy", "pandas", "pyarrow", "fsspec", "regex", "click", "typer",
+         "anyio", "idna", "packaging", "pyyaml", "tqdm", "filelock", "typing_extensions"]
 def version(name):
     try:
         return md.version(name)
@@ -125,10 +141,11 @@ for line in open("requirements.txt", encoding="utf-8").read().splitlines():
         name, pin = line.split("==", 1)
         pins[name.strip().lower().replace("-", "_")] = pin.strip()
 problems = []
-for module, dist in [("transformers", "transformers"), ("tokenizers", "tokenizers"), ("huggingface_hub", "huggingface_hub"),
-                     ("peft", "peft"), ("trl", "trl"), ("datasets", "datasets"), ("accelerate", "accelerate"),
-                     ("bitsandbytes", "bitsandbytes"), ("nbclient", "nbclient"), ("nbformat", "nbformat"),
-                     ("ipykernel", "ipykernel"), ("jupyter_client", "jupyter_client"), ("IPython", "ipython")]:
+for module, dist in [("transformers", "transformers"), ("tokenizers", "tokenizers"),
+                     ("huggingface_hub", "huggingface_hub"), ("peft", "peft"), ("trl", "trl"),
+                     ("datasets", "datasets"), ("accelerate", "accelerate"), ("bitsandbytes", "bitsandbytes"),
+                     ("nbclient", "nbclient"), ("nbformat", "nbformat"), ("ipykernel", "ipykernel"),
+                     ("jupyter_client", "jupyter_client"), ("IPython", "ipython")]:
     try:
         mod = importlib.import_module(module)
     except Exception as err:
@@ -149,7 +166,8 @@ if len(sys.argv) > 2:
                 continue
             found = version(req.name)
             if found == "missing" or not req.specifier.contains(found, prereleases=True):
-                print(f"  WARNING {dist.metadata['Name']} {dist.version} needs {req}, found {found}", flush=True)
+                print(f"  WARNING {dist.metadata['Name']} {dist.version} needs {req}, found {found}",
+                      flush=True)
 try:
     import datasets
     datasets.Dataset.from_dict({"a": [1, 2]}).map(lambda row: {"b": row["a"] + 1})
@@ -170,19 +188,21 @@ if sys.argv[1] == "cuda":
             torch.cuda.synchronize()
             rel = ((y.float() - x.float()).abs().mean() / x.float().abs().mean()).item()
             if y.shape != x.shape or y.dtype != dtype or not torch.isfinite(y).all() or not rel < 0.25:
-                raise RuntimeError(f"bad round trip in {dtype}: shape {tuple(y.shape)}, {y.dtype}, relative error {rel:.3f}")
+                raise RuntimeError(f"bad round trip in {dtype}: shape {tuple(y.shape)}, {y.dtype}, "
+                                   f"relative error {rel:.3f}")
             print(f"  bitsandbytes nf4 round trip on cuda, {dtype}: relative error {rel:.3f}", flush=True)
     except Exception as err:
         traceback.print_exc()
-        problems.append(f"bitsandbytes 4-bit round trip on cuda failed ({type(err).__name__}: {err}): QLoRA cannot "
-                        f"run; check that .whl/ holds bitsandbytes with libbitsandbytes_cuda130.so and that "
-                        f"torch.version.cuda ({torch.version.cuda}) is 13.x")
+        problems.append(f"bitsandbytes 4-bit round trip on cuda failed ({type(err).__name__}: {err}): "
+                        "QLoRA cannot run; check that .whl/ holds bitsandbytes "
+                        "with libbitsandbytes_cuda130.so "
+                        f"and that torch.version.cuda ({torch.version.cuda}) is 13.x")
 else:
     print("  bitsandbytes round trip skipped: no CUDA (--allow-cpu)", flush=True)
 for problem in problems:
     print(f"PREFLIGHT FAILED: {problem}", flush=True)
 sys.exit(1 if problems else 0)
-'''
+"""
 
 PROBE = (
     "import json, torch; ok = torch.cuda.is_available(); "
@@ -219,11 +239,19 @@ class Check:
         unknown = [r for r in regimes if r not in REGIMES]
         if unknown:
             raise SystemExit(f"unknown regime(s) {unknown}: use {list(REGIMES)}")
-        # The training notebooks of both regimes first, the comparisons last: a deadline skips what matters least.
-        pairs = [(regime, (ROOT / nb).resolve()) for regime in regimes for nb in notebooks if "compare" not in nb]
-        pairs += [(regime, (ROOT / nb).resolve()) for regime in regimes for nb in notebooks if "compare" in nb]
-        if os.environ.get("GPU_CHECK_RUNS"):  # e.g. "t4:notebooks/03_qlora.ipynb native:notebooks/01_full_finetuning.ipynb"
-            pairs = [(r, (ROOT / nb).resolve()) for r, nb in (item.split(":", 1) for item in os.environ["GPU_CHECK_RUNS"].split())]
+        # Both regimes' training notebooks first, the comparisons last: a deadline skips what matters least.
+        pairs = [
+            (regime, (ROOT / nb).resolve()) for regime in regimes for nb in notebooks if "compare" not in nb
+        ]
+        pairs += [
+            (regime, (ROOT / nb).resolve()) for regime in regimes for nb in notebooks if "compare" in nb
+        ]
+        # e.g. "t4:notebooks/03_qlora.ipynb native:notebooks/01_full_finetuning.ipynb"
+        if os.environ.get("GPU_CHECK_RUNS"):
+            pairs = [
+                (r, (ROOT / nb).resolve())
+                for r, nb in (item.split(":", 1) for item in os.environ["GPU_CHECK_RUNS"].split())
+            ]
             if any(r not in REGIMES for r, _ in pairs):
                 raise SystemExit(f"GPU_CHECK_RUNS: regimes are {list(REGIMES)}")
         self.runs = [Run(i, regime, nb, self.run_env(regime)) for i, (regime, nb) in enumerate(pairs, 1)]
@@ -231,7 +259,7 @@ class Check:
         self.versions: dict = {}
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
-    # -- plan -------------------------------------------------------------------------------------------------
+    # -- plan ----------------------------------------------------------------------------------------------
 
     def results_dir(self, regime: str) -> Path:
         """Where a regime's files go: results/gpu/<slug>/<regime>, or <slug>/full/<regime> for --full."""
@@ -239,7 +267,7 @@ class Check:
         return base / "full" / regime if self.full else base / regime
 
     def run_env(self, regime: str) -> dict[str, str]:
-        """The variables each notebook run of this regime gets (on top of the inherited ones, minus COURSE_*)."""
+        """Variables each notebook run of this regime gets (on top of the inherited ones, minus COURSE_*)."""
         return {
             "COURSE_PROFILE": PROFILE,
             **({} if self.full else {"COURSE_SMOKE": "1"}),
@@ -248,7 +276,8 @@ class Check:
             "COURSE_OUTPUT_DIR": str(self.scratch / regime / "outputs"),
             "COURSE_CACHE_DIR": str(self.scratch / "cache"),
             "HF_HUB_OFFLINE": "1",
-            "PIP_NO_INDEX": "1",  # the setup cell's pip fails at once instead of retrying a network there is not
+            # the setup cell's pip fails at once instead of retrying a network there is not
+            "PIP_NO_INDEX": "1",
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -263,8 +292,11 @@ class Check:
         q = shlex.quote
         print(f"DRY-RUN reason={q(reason)}")
         print(f"GPU name={q(self.gpu_name)} slug={q(self.slug)}")
-        print(f"SETTINGS mode={self.mode} budget_s={self.budget:g} notebook_timeout_s={self.notebook_timeout:g} "
-              f"scratch={q(str(self.scratch))} python={q(sys.executable)}")
+        print(
+            f"SETTINGS mode={self.mode} budget_s={self.budget:g} "
+            f"notebook_timeout_s={self.notebook_timeout:g} "
+            f"scratch={q(str(self.scratch))} python={q(sys.executable)}"
+        )
         for wheel in self.wheels:
             print(f"WHEEL {q(wheel.name)}")
         if self.wheels:
@@ -277,7 +309,7 @@ class Check:
             print(f"RUN {run.index}/{len(self.runs)} {run.regime} {q(str(notebook))} "
                   f"timeout_s={self.notebook_timeout:g} {env}")
 
-    # -- running ----------------------------------------------------------------------------------------------
+    # -- running -------------------------------------------------------------------------------------------
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -308,15 +340,22 @@ class Check:
                               text=True, timeout=300)
         print(done.stdout, end="", flush=True)
         if done.returncode != 0:
-            self.preflight = {"ok": False, "error": f"pip install of the wheels failed:\n{done.stdout[-3000:]}"}
+            self.preflight = {
+                "ok": False,
+                "error": f"pip install of the wheels failed:\n{done.stdout[-3000:]}",
+            }
             self.log(f"wheel install FAILED (exit {done.returncode}): no notebook will run")
             return False
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(self.site), os.environ.get("PYTHONPATH")] if p)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in [str(self.site), os.environ.get("PYTHONPATH")] if p
+        )
         self.log(f"installed; PYTHONPATH={os.environ['PYTHONPATH']}")
         return True
 
     def run_preflight(self) -> bool:
-        self.log("preflight: versions, imports" + (", bitsandbytes 4-bit round trip on cuda" if self.cuda else ""))
+        self.log(
+            "preflight: versions, imports" + (", bitsandbytes 4-bit round trip on cuda" if self.cuda else "")
+        )
         start = time.monotonic()
         try:
             argv = [sys.executable, "-c", PREFLIGHT, "cuda" if self.cuda else "cpu"]
@@ -344,14 +383,19 @@ class Check:
         for run in self.runs:
             left = self.budget - self.elapsed()
             if left < MIN_RUN_S:
-                run.record = {"status": "skipped", "ok": False, "seconds": None,
-                              "error": f"not started: {max(left, 0):.0f} s left before the {self.budget:g} s deadline"}
+                run.record = {
+                    "status": "skipped",
+                    "ok": False,
+                    "seconds": None,
+                    "error": f"not started: {max(left, 0):.0f} s left before the {self.budget:g} s deadline",
+                }
                 self.log(f"{run.index}/{len(self.runs)} {run.regime} {run.notebook.name}: SKIPPED (deadline)")
             else:
                 self.run_one(run, min(self.notebook_timeout, left))
             self.write_checks()
             last_of_regime = run is self.runs[-1] or self.runs[run.index].regime != run.regime
-            if last_of_regime:  # free the disk: the checkpoints and models of this regime are not needed any more
+            # free the disk: the checkpoints and models of this regime are not needed any more
+            if last_of_regime:
                 shutil.rmtree(self.scratch / run.regime / "outputs", ignore_errors=True)
 
     def run_one(self, run: Run, timeout: float) -> None:
@@ -384,15 +428,24 @@ class Check:
             code = proc.wait()
         reader.join(timeout=10)
         seconds = round(time.monotonic() - start, 1)
-        record = {"status": "failed", "ok": False, "seconds": seconds, "timeout_s": round(timeout), "exit_code": code,
-                  "error": None, "executed": str(executed) if executed.exists() else None}
+        record = {
+            "status": "failed",
+            "ok": False,
+            "seconds": seconds,
+            "timeout_s": round(timeout),
+            "exit_code": code,
+            "error": None,
+            "executed": str(executed) if executed.exists() else None,
+        }
         entry = read_summary_entry(summary)
         if entry is not None:
             record.update(status=entry["status"], ok=entry["ok"] and code == 0, error=entry["error"],
                           notebook_seconds=entry["seconds"], checks=entry["checks"])
         if killed:
             record.update(status="timeout", ok=False)
-            record["error"] = f"killed after {seconds:.0f} s (timeout {timeout:.0f} s). " + (record["error"] or "")
+            record["error"] = f"killed after {seconds:.0f} s (timeout {timeout:.0f} s). " + (
+                record["error"] or ""
+            )
         if not record["ok"] and not record["error"]:
             record["error"] = f"run_course.py exited with {code}; its last lines:\n" + "".join(tail)[-3000:]
         if self.full and (cost := self.cost(run, seconds)):
@@ -413,14 +466,21 @@ class Check:
         except (OSError, ValueError, KeyError, TypeError) as err:
             return {"error": f"cannot read {path.name}: {type(err).__name__}: {err}"}
 
-    # -- results ----------------------------------------------------------------------------------------------
+    # -- results -------------------------------------------------------------------------------------------
 
     def places(self) -> dict[str, str]:
-        """The machine paths a check file may name, each with its label; the repository's own paths go relative."""
+        """Machine paths a check file may name, with their labels; the repository's own paths go relative."""
         python = sysconfig.get_paths()
-        labels = {self.scratch: "<scratch>", self.site: "<site>", self.wheel_dir: "<wheels>", self.results: "<results>",
-                  Path(python["purelib"]): "<site-packages>", Path(python["platlib"]): "<site-packages>",
-                  Path(python["stdlib"]): "<stdlib>", Path.home(): "~"}
+        labels = {
+            self.scratch: "<scratch>",
+            self.site: "<site>",
+            self.wheel_dir: "<wheels>",
+            self.results: "<results>",
+            Path(python["purelib"]): "<site-packages>",
+            Path(python["platlib"]): "<site-packages>",
+            Path(python["stdlib"]): "<stdlib>",
+            Path.home(): "~",
+        }
         outside = {str(path): label for path, label in labels.items()
                    if len(path.parts) > 1 and not path.is_relative_to(ROOT)}
         return {f"{ROOT}/": "", str(ROOT): "<repo>", **outside}
@@ -443,13 +503,19 @@ class Check:
                 "ok": bool(self.preflight.get("ok")) and all(run.record.get("ok") for run in runs),
                 "env": runs[0].env,
                 "pythonpath": os.environ.get("PYTHONPATH", ""),
-                "settings": {"mode": self.mode, "budget_s": self.budget, "notebook_timeout_s": self.notebook_timeout,
-                             "wheels": [w.name for w in self.wheels]},
+                "settings": {
+                    "mode": self.mode,
+                    "budget_s": self.budget,
+                    "notebook_timeout_s": self.notebook_timeout,
+                    "wheels": [w.name for w in self.wheels],
+                },
                 "started": self.started,
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "preflight": self.preflight,
                 "versions": self.versions,
-                "notebooks": {run.notebook.name: {k: v for k, v in run.record.items() if k != "checks"} for run in runs},
+                "notebooks": {
+                    run.notebook.name: {k: v for k, v in run.record.items() if k != "checks"} for run in runs
+                },
                 "golden": golden,
                 "golden_false": false_lines,
             }
@@ -487,7 +553,9 @@ class Check:
             name = re.sub(r"[^A-Za-z0-9._-]", "_", f"failed-{run.regime}-{Path(executed).name}")
             shutil.copyfile(executed, out / name)
             copied += 1
-        self.log(f"packed {self.results} into {out / 'gpu_results.tar.gz'}; {copied} failed notebook(s) copied")
+        self.log(
+            f"packed {self.results} into {out / 'gpu_results.tar.gz'}; {copied} failed notebook(s) copied"
+        )
 
     def report(self) -> bool:
         print("\nregime  notebook                     status    seconds  error")
@@ -498,8 +566,10 @@ class Check:
                   f"{'' if seconds is None else f'{seconds:7.0f}':>7s}  {error[-1][:100] if error else ''}")
         costs = [run for run in self.runs if "cost" in run.record]
         if costs:
-            print("\ncost (MFU: 4 x all + 2 x trainable parameters in FLOPs per non-padding token, attention's seq^2 "
-                  "term not counted, over the GPU's dense 16-bit peak)")
+            print(
+                "\ncost (MFU: 4 x all + 2 x trainable parameters in FLOPs per non-padding token, "
+                "attention's seq^2 term not counted, over the GPU's dense 16-bit peak)"
+            )
         for run in costs:
             print(f"{run.regime:7s} {run.notebook.name:28s} {cost_line(run.record['cost'])}")
         for regime in {run.regime: None for run in self.runs}:
@@ -549,7 +619,7 @@ def peak_flops(gpu_name: str) -> float | None:
 
 
 def flops_per_token(total_params: int, trainable_params: int) -> int:
-    """Training FLOPs per token: 2 forward and 2 backward (input gradient) per weight, 2 more per trainable weight."""
+    """Training FLOPs per token: 2 forward, 2 backward (input gradient) per weight; 2 more if trainable."""
     return 4 * total_params + 2 * trainable_params
 
 
@@ -559,7 +629,7 @@ def mfu(tokens_per_second: float, total_params: int, trainable_params: int, peak
 
 
 def run_cost(results: dict, gpu_name: str, wall_s: float) -> dict:
-    """Time, throughput, train peaks and MFU of a run, from its notebook's results file (MFU None, with the reason)."""
+    """A run's time, throughput, train peaks and MFU from its notebook's results file (MFU None, with why)."""
     train = results["peak_memory"]["train"]
     total, trainable = results["total_params"], results["trainable_params"]
     rate, peak = results.get("train_tokens_per_second"), peak_flops(gpu_name)
@@ -603,8 +673,10 @@ def scrub(value, places: dict[str, str]):
     if isinstance(value, list):
         return [scrub(item, places) for item in value]
     if isinstance(value, str):
-        for path in sorted(places, key=len, reverse=True):  # the longest first: a place inside another keeps its label
-            end = "" if path.endswith("/") else r"(?![\w-]|\.\w)"  # /tmp/site, not /tmp/site-packages nor /tmp/site.old
+        # the longest first: a place inside another keeps its label
+        for path in sorted(places, key=len, reverse=True):
+            # /tmp/site, not /tmp/site-packages nor /tmp/site.old
+            end = "" if path.endswith("/") else r"(?![\w-]|\.\w)"
             value = re.sub(rf"(?<![\w.-]){re.escape(path)}{end}", places[path], value)
     return value
 
@@ -614,7 +686,7 @@ def slugify(name: str) -> str:
 
 
 def probe_gpu() -> tuple[bool, str]:
-    """(CUDA available, device name or why not), asked of a child process so this one holds no CUDA context."""
+    """(CUDA available, device name or why not), from a child process so this one holds no CUDA context."""
     try:
         done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=180)
         info = json.loads(done.stdout.strip().splitlines()[-1])
@@ -624,10 +696,14 @@ def probe_gpu() -> tuple[bool, str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
     parser.add_argument("--allow-cpu", action="store_true", help="for tests: run without CUDA")
-    parser.add_argument("--full", action="store_true", help="the notebooks' real budget, into <slug>/full/<regime>")
+    parser.add_argument(
+        "--full", action="store_true", help="the notebooks' real budget, into <slug>/full/<regime>"
+    )
     args = parser.parse_args(argv)
 
     cuda, name = probe_gpu()
@@ -642,7 +718,10 @@ def main(argv: list[str]) -> int:
         check.print_plan("--dry-run" if args.dry_run else f"no CUDA: {name}")
         return 0
 
-    check.log(f"GPU check ({check.mode}) on {check.gpu_name}: {len(check.runs)} notebook runs, deadline {check.budget:g} s")
+    check.log(
+        f"GPU check ({check.mode}) on {check.gpu_name}: {len(check.runs)} notebook runs, "
+        f"deadline {check.budget:g} s"
+    )
     check.prepare()
     try:
         if check.install_wheels() and check.run_preflight():

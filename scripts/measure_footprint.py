@@ -39,7 +39,10 @@ def measure(profile: str, variant: str) -> None:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
-        kwargs, estimate = {"quantization_config": nf4}, estimate_weight_bytes(meta, dtype_bytes=2, quantize_linear=True)
+        kwargs, estimate = (
+            {"quantization_config": nf4},
+            estimate_weight_bytes(meta, dtype_bytes=2, quantize_linear=True),
+        )
     tracker = MemoryTracker(hardware.device_type)
     with tracker.phase(variant):
         model = AutoModelForCausalLM.from_pretrained(
@@ -55,13 +58,20 @@ def measure(profile: str, variant: str) -> None:
     print(f"  tensors         {format_bytes(sum(measured.values())):>10}  "
           + ", ".join(f"{k} {format_bytes(v)}" for k, v in measured.items()))
     print(f"  memory held     {format_bytes(phase['end_bytes'] - phase['start_bytes']):>10}  "
-          f"(peak while loading {format_bytes(phase['peak_bytes'] - phase['start_bytes'])}, {phase['measured']})")
+          f"(peak while loading {format_bytes(phase['peak_bytes'] - phase['start_bytes'])}, "
+          f"{phase['measured']})")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="llama-3.2-1b-random", help="a course profile (default: %(default)s)")
-    parser.add_argument("--variant", choices=VARIANTS, help="measure only this one (each runs in its own process)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--profile", default="llama-3.2-1b-random", help="a course profile (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--variant", choices=VARIANTS, help="measure only this one (each runs in its own process)"
+    )
     args = parser.parse_args()
     if args.variant:
         measure(args.profile, args.variant)
@@ -69,7 +79,9 @@ def main() -> None:
     choice = choose_model(args.profile, cache_dir=os.environ.get("COURSE_CACHE_DIR"))  # built on first use
     print(f"{choice.description}\non {detect_hardware().describe()}\n", flush=True)
     for variant in VARIANTS:
-        subprocess.run([sys.executable, __file__, "--profile", args.profile, "--variant", variant], check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--profile", args.profile, "--variant", variant], check=True
+        )
 
 
 if __name__ == "__main__":

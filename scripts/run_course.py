@@ -16,8 +16,9 @@ Options:
     --no-compare    do not print the comparison table at the end
 Exit status: 0 when every notebook ran to the end, else 1.
 
-The kernel is nbclient's "python3": an installed kernelspec of that name if there is one, else (jupyter_client's
-fallback when only ipykernel is importable) ipykernel in this same interpreter, sys.executable.
+The kernel is nbclient's "python3": an installed kernelspec of that name if there is one, else
+(jupyter_client's fallback when only ipykernel is importable) ipykernel in this same interpreter,
+sys.executable.
 """
 
 from __future__ import annotations
@@ -87,7 +88,11 @@ def describe_kernel() -> str:
 
 
 def run_notebook(
-    path: Path, nb: dict | None = None, dest: Path | None = None, label: str = "", timeout: float | None = None
+    path: Path,
+    nb: dict | None = None,
+    dest: Path | None = None,
+    label: str = "",
+    timeout: float | None = None,
 ) -> float:
     """Execute one notebook (nb: path read, executed in place in memory) from a fresh kernel in its folder.
 
@@ -95,7 +100,8 @@ def run_notebook(
     is re-raised after saving), else in place and only when it ran to the end.
     """
     nb = nb if nb is not None else nbformat.read(path, as_version=4)
-    for cell in nb.cells:  # a run that stops early must not keep the committed outputs of the cells it never ran
+    # a run that stops early must not keep the committed outputs of the cells it never ran
+    for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     start = time.time()
@@ -109,7 +115,8 @@ def run_notebook(
         if deadline is not None and time.time() >= deadline:
             raise NotebookTimeout(f"{path.name} ran past its {timeout:.0f} s limit before cell {cell_index}")
 
-    def cell_timeout(cell):  # no cell may run past the notebook's deadline (0 would mean no limit: at least 1)
+    # no cell may run past the notebook's deadline (0 would mean no limit: at least 1)
+    def cell_timeout(cell):
         return max(1, int(deadline - time.time())) if deadline is not None else 3600
 
     client = NotebookClient(
@@ -139,7 +146,8 @@ def save(nb: dict, path: Path) -> None:
         for output in cell.get("outputs", []):
             data = output.get("data", {})
             if "text/html" in data and OBJECT_REPR.fullmatch(str(data.get("text/plain", "")).strip()):
-                del data["text/plain"]  # e.g. '<pandas.io.formats.style.Styler at 0x7f...>' beside its HTML table
+                # e.g. '<pandas.io.formats.style.Styler at 0x7f...>' beside its HTML table
+                del data["text/plain"]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".ipynb.partial")
     nbformat.write(nb, tmp)
@@ -172,7 +180,9 @@ def write_summary(path: Path, entries: list[dict]) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: the four course notebooks in order")
     parser.add_argument("--out", type=Path, help="save executed notebooks here instead of in place")
     parser.add_argument("--keep-going", action="store_true", help="run the next notebooks after a failure")
@@ -196,8 +206,16 @@ def main(argv: list[str]) -> int:
     entries: list[dict] = []
     failed = False
     for i, path in enumerate(paths, 1):
-        entry = {"notebook": path.name, "source": str(path), "status": "skipped", "ok": False, "seconds": None,
-                 "error": None, "saved": None, "checks": {}}
+        entry = {
+            "notebook": path.name,
+            "source": str(path),
+            "status": "skipped",
+            "ok": False,
+            "seconds": None,
+            "error": None,
+            "saved": None,
+            "checks": {},
+        }
         entries.append(entry)
         if failed and not args.keep_going:
             entry["error"] = "not run: an earlier notebook failed (no --keep-going)"
@@ -207,7 +225,9 @@ def main(argv: list[str]) -> int:
         nb = nbformat.read(path, as_version=4)
         start = time.time()
         try:
-            seconds = run_notebook(path, nb, dest, label=f"[{i}/{len(paths)} {path.stem}] ", timeout=args.timeout)
+            seconds = run_notebook(
+                path, nb, dest, label=f"[{i}/{len(paths)} {path.stem}] ", timeout=args.timeout
+            )
         except Exception as err:
             failed = True
             entry["seconds"] = round(time.time() - start, 1)
@@ -216,7 +236,11 @@ def main(argv: list[str]) -> int:
             entry["checks"] = golden_outputs(nb)
             if dest is not None and dest.exists():
                 entry["saved"] = str(dest)
-            where = f"saved as far as it ran in {dest}" if entry["saved"] else "the saved notebook was left as it was"
+            where = (
+                f"saved as far as it ran in {dest}"
+                if entry["saved"]
+                else "the saved notebook was left as it was"
+            )
             print(f"FAILED: {path} stopped with an error after {entry['seconds']:.0f} s; {where}.")
             print(entry["error"], flush=True)
         else:

@@ -11,11 +11,11 @@ named in its adapter_config.json, once, into .cache/serve/ (again only when the 
 
 Checks run before transformers serve's own, answering 400 with the field's name, as OpenAI's API and vLLM do:
 `messages` must be a non-empty list of {"role", "content"} objects with a string role and a string (or list)
-content (transformers serve answers 500 "Internal Server Error" to [], to a missing `messages`, to a message without
-a role, to a numeric role and to a null content); max_tokens must be a positive whole number and temperature a
-number from 0 to 2, top_p from 0 to 1 (a negative or non-numeric max_tokens was a 500, a negative temperature was
-accepted); and the prompt plus max_tokens must fit in the model's context, max_position_embeddings (transformers
-serve generates past it, with 200).
+content (transformers serve answers 500 "Internal Server Error" to [], to a missing `messages`, to a message
+without a role, to a numeric role and to a null content); max_tokens must be a positive whole number and
+temperature a number from 0 to 2, top_p from 0 to 1 (a negative or non-numeric max_tokens was a 500, a
+negative temperature was accepted); and the prompt plus max_tokens must fit in the model's context,
+max_position_embeddings (transformers serve generates past it, with 200).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def folder_kind(folder: Path) -> str:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Bind the port the way uvicorn will (SO_REUSEADDR), so a port in use is reported before the model loads."""
+    """Bind the port as uvicorn will (SO_REUSEADDR), so a port in use is reported before the model loads."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -67,13 +67,13 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as e:
             fail(
-                f"port {port} on {host} is in use ({e.strerror}): stop what listens there, or pick another port: "
-                f"make serve PORT={port + 1} (or --port {port + 1})."
+                f"port {port} on {host} is in use ({e.strerror}): stop what listens there, "
+                f"or pick another port: make serve PORT={port + 1} (or --port {port + 1})."
             )
 
 
 def merged_copy(adapter: Path) -> Path:
-    """The adapter merged into its base, saved with the tokenizer as a full model folder under .cache/serve/."""
+    """The adapter merged into its base, saved with the tokenizer as a model folder under .cache/serve/."""
     weights = adapter / "adapter_model.safetensors"
     mtime_ns = weights.stat().st_mtime_ns if weights.exists() else 0
     source = {"adapter": str(adapter.resolve()), "mtime_ns": mtime_ns}
@@ -130,14 +130,29 @@ FIELDS = {
     "max_completion_tokens": (lambda v: _whole(v) and v >= 1, "a whole number of tokens, at least 1"),
     "temperature": (_number(0, 2), "a number from 0 to 2"),
     "top_p": (_number(0, 1), "a number from 0 to 1"),
-    "frequency_penalty": (lambda v: _number(-2, 2)(v) and v > -1,  # transformers serve: repetition_penalty = 1 + v > 0
-                          "a number above -1 and at most 2 (this server turns it into a repetition penalty of 1 + it)"),
+    "frequency_penalty": (
+        lambda v: _number(-2, 2)(v) and v > -1,  # transformers serve: repetition_penalty = 1 + v > 0
+        "a number above -1 and at most 2 (this server turns it into a repetition penalty of 1 + it)",
+    ),
     "seed": (_whole, "a whole number"),
-    "stop": (lambda v: isinstance(v, str) or (isinstance(v, list) and 0 < len(v) <= 4 and all(isinstance(x, str) for x in v)),
-             "a string or a list of up to 4 strings"),
-    "logit_bias": (lambda v: isinstance(v, dict) and all(k.lstrip("-").isdigit() and _number(-100, 100)(x) for k, x in v.items()),
-                   "an object mapping token ids to numbers from -100 to 100"),
-    "tools": (lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v), "a list of tool objects"),
+    "stop": (
+        lambda v: (
+            isinstance(v, str)
+            or (isinstance(v, list) and 0 < len(v) <= 4 and all(isinstance(x, str) for x in v))
+        ),
+        "a string or a list of up to 4 strings",
+    ),
+    "logit_bias": (
+        lambda v: (
+            isinstance(v, dict)
+            and all(k.lstrip("-").isdigit() and _number(-100, 100)(x) for k, x in v.items())
+        ),
+        "an object mapping token ids to numbers from -100 to 100",
+    ),
+    "tools": (
+        lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v),
+        "a list of tool objects",
+    ),
     "chat_template_kwargs": (lambda v: isinstance(v, dict), "an object of chat-template arguments"),
     "generation_config": (_json_object, "a string holding a JSON object of generation settings"),
     # what this server cannot do is refused, not ignored
@@ -163,29 +178,36 @@ class BadRequest(Exception):
 
 
 def check_messages(messages: object) -> None:
-    """Raise BadRequest unless messages is a non-empty list of {"role", "content"} objects the chat template can take."""
+    """BadRequest unless messages is a non-empty list of {"role", "content"} objects the template can take."""
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages", '`messages` must be a non-empty list of {"role", "content"} objects.')
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise BadRequest(where, f'`{where}` must be an object with "role" and "content", got {message!r}.')
+            raise BadRequest(
+                where, f'`{where}` must be an object with "role" and "content", got {message!r}.'
+            )
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise BadRequest(f"{where}.role", f"`{where}.role` must be one of {', '.join(ROLES)}; got {role!r}.")
-        parts_ok = isinstance(content, list) and all(isinstance(part, dict) and isinstance(part.get("type"), str) for part in content)
+            raise BadRequest(
+                f"{where}.role", f"`{where}.role` must be one of {', '.join(ROLES)}; got {role!r}."
+            )
+        parts_ok = isinstance(content, list) and all(
+            isinstance(part, dict) and isinstance(part.get("type"), str) for part in content
+        )
         tool_call = role == "assistant" and content is None and message.get("tool_calls")
         if not (isinstance(content, str) or parts_ok or tool_call):
             raise BadRequest(
                 f"{where}.content",
-                f"`{where}.content` must be a string (or a list of content parts with a \"type\"), got {content!r}.",
+                f"`{where}.content` must be a string (or a list of content parts with a "
+                f"\"type\"), got {content!r}.",
             )
         for number, part in enumerate(content if parts_ok else []):
             if part["type"] != "text" or not isinstance(part.get("text"), str):
                 raise BadRequest(
                     f"{where}.content[{number}]",
-                    f"`{where}.content[{number}]` is a {part['type']!r} part: this model reads text only, so each "
-                    'part must be {"type": "text", "text": "..."} (or send the content as a string).',
+                    f"`{where}.content[{number}]` is a {part['type']!r} part: this model reads text only, "
+                    'so each part must be {"type": "text", "text": "..."} (or send the content as a string).',
                 )
 
 
@@ -217,11 +239,16 @@ def reject_bad_request(handler, body: dict) -> None:
             **{**handler.chat_template_kwargs, **body.get("chat_template_kwargs", {})},
         )["input_ids"]
     except Exception as error:  # the model's own template refused these messages (e.g. roles out of order)
-        raise BadRequest("messages", f"The model's chat template cannot render these messages: {error}") from None
+        raise BadRequest(
+            "messages", f"The model's chat template cannot render these messages: {error}"
+        ) from None
     vocab = model.config.get_text_config().vocab_size
     outside = [k for k in body.get("logit_bias") or {} if not 0 <= int(k) < vocab]
     if outside:
-        raise BadRequest("logit_bias", f"`logit_bias` names token ids outside this model's vocabulary (0 to {vocab - 1}): {outside}.")
+        raise BadRequest(
+            "logit_bias",
+            f"`logit_bias` names token ids outside this model's vocabulary (0 to {vocab - 1}): {outside}.",
+        )
     context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     wanted = body.get("max_completion_tokens") or body.get("max_tokens") or 1
     if context is not None and len(prompt) + wanted > context:
@@ -254,7 +281,7 @@ def add_request_checks() -> None:
     build_server = server.build_server
 
     def build_server_with_openai_errors(*args, **kwargs):
-        """transformers serve's app, answering a body that is not a JSON object in OpenAI's error shape too."""
+        """transformers serve's app; a body that is not a JSON object gets OpenAI's error shape too."""
         app = build_server(*args, **kwargs)
 
         async def not_an_object(_request, error: RequestValidationError):
@@ -268,7 +295,7 @@ def add_request_checks() -> None:
 
 
 def announce_when_answering(url: str, model: str, wait: float, timed_out: threading.Event) -> None:
-    """Print the URL and an example once /v1/models answers; stop the server if it does not within `wait` s."""
+    """Print the URL and an example once /v1/models answers; stop the server if not within `wait` s."""
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         try:
@@ -308,7 +335,9 @@ def main() -> None:
 
     url = f"http://{args.host}:{args.port}/v1"
     timed_out = threading.Event()
-    threading.Thread(target=announce_when_answering, args=(url, model, args.wait, timed_out), daemon=True).start()
+    threading.Thread(
+        target=announce_when_answering, args=(url, model, args.wait, timed_out), daemon=True
+    ).start()
     try:
         Serve(force_model=model, host=args.host, port=args.port)  # loads the model, then serves
     except KeyboardInterrupt:

@@ -1,17 +1,20 @@
-"""Each method's learning rate tuned on validation loss, then more seeds at the pick: the runs notebook 4 compares.
+"""Each method's learning rate tuned on validation loss, then more seeds at the pick: notebook 4's runs.
 
-    make study                                   # -> results/study.json; rerun it to resume where it stopped
-    python scripts/study.py --smoke --out /tmp/study.json --methods lora   # a few examples per run: checks the plumbing
+    make study    # -> results/study.json; rerun it to resume where it stopped
+    # a few examples per run: checks the plumbing
+    python scripts/study.py --smoke --out /tmp/study.json --methods lora
 
-The tiny profile on the CPU, at the notebooks' budget and recipe (helpers/recipe.py: the same model loading, LoRA and
-4-bit configs and SFTConfig as notebooks 1 to 3, and their batches of similar length). For each method:
-1. a half-decade grid of learning rates at the notebooks' seed, widened one step at a time while the validation loss
-   at an edge is within 5% of the lowest, so that the loss clearly turns up on both sides of the pick;
+The tiny profile on the CPU, at the notebooks' budget and recipe (helpers/recipe.py: the same model
+loading, LoRA and 4-bit configs and SFTConfig as notebooks 1 to 3, and their batches of similar length).
+For each method:
+1. a half-decade grid of learning rates at the notebooks' seed, widened one step at a time while the
+   validation loss at an edge is within 5% of the lowest, so that the loss clearly turns up on both
+   sides of the pick;
 2. the pick: the rate with the lowest validation loss (the test set never takes part in choosing);
 3. more seeds at the pick (a seed changes the data order and the adapters' initialisation).
-Each run records its per-example validation losses and test scores and its per-paragraph general-text losses, so that
-methods can be compared over seeds and questions (helpers/stats.py). The file is rewritten after every run; runs with
-the same settings already in it are kept, so an interrupted study resumes.
+Each run records its per-example validation losses and test scores and its per-paragraph general-text losses,
+so that methods can be compared over seeds and questions (helpers/stats.py). The file is rewritten after every
+run; runs with the same settings already in it are kept, so an interrupted study resumes.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from trl import SFTTrainer
 
 from helpers import ROOT
+from helpers.chat import CHAT_TEMPLATE_KWARGS, load_tokenizer
 from helpers.data import (
     batches_of_similar_length,
     example_ids,
@@ -38,15 +42,20 @@ from helpers.data import (
     to_conversational,
 )
 from helpers.evaluate import eval_loss, reply_scores, text_loss
-from helpers.hardware import detect_hardware, package_versions
-from helpers.models import CHAT_TEMPLATE_KWARGS, choose_model, load_tokenizer
+from helpers.hardware import detect_hardware
+from helpers.install import package_versions
+from helpers.models import choose_model
 from helpers.recipe import METHODS, adapters_to_float32, load_model, sft_config
 from helpers.results import by_id, write_json_atomic
 from helpers.study import GRID_SEED, grid_runs, pick, spread
 
 # learning rates in half-decade steps; each method's grid starts at four of them and widens along this ladder
 LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-FIRST_GRID = {"full": (1e-4, 3e-4, 1e-3, 3e-3), "lora": (1e-3, 3e-3, 1e-2, 3e-2), "qlora": (1e-3, 3e-3, 1e-2, 3e-2)}
+FIRST_GRID = {
+    "full": (1e-4, 3e-4, 1e-3, 3e-3),
+    "lora": (1e-3, 3e-3, 1e-2, 3e-2),
+    "qlora": (1e-3, 3e-3, 1e-2, 3e-2),
+}
 TURN_UP = 0.05  # the grid widens past an edge whose validation loss is within 5% of the lowest
 SEEDS = (GRID_SEED, 43, 44)  # the notebooks' seed first: the grid's
 BUDGET = {  # the notebooks' budget and evaluation sizes (their parameters cell); --smoke: a few of each
@@ -56,8 +65,10 @@ BUDGET = {  # the notebooks' budget and evaluation sizes (their parameters cell)
 SMOKE_BUDGET = {**BUDGET, "train": 16, "validation": 4, "test": 2, "general_texts": 2, "max_new_tokens": 8}
 
 
-def next_rate(runs: list[dict], method: str, first_grid: tuple[float, ...], widen: bool = True) -> float | None:
-    """The next rate at the grid's seed: the first grid's, then one step past an edge within TURN_UP of the lowest."""
+def next_rate(
+    runs: list[dict], method: str, first_grid: tuple[float, ...], widen: bool = True
+) -> float | None:
+    """The next grid rate: the first grid's, then one step past an edge within TURN_UP of the lowest loss."""
     grid = grid_runs(runs, method)
     for rate in first_grid:
         if rate not in grid:
@@ -75,7 +86,9 @@ def next_rate(runs: list[dict], method: str, first_grid: tuple[float, ...], wide
 
 def baseline(method: str, path: str, tokenizer, dataset, general: list[str]) -> dict:
     """The untrained model's validation loss and general-text losses (QLoRA's base is the 4-bit one)."""
-    model = load_model(method, path, detect_hardware().precision.torch_dtype, "cpu", SEEDS[0], tokenizer=tokenizer)
+    model = load_model(
+        method, path, detect_hardware().precision.torch_dtype, "cpu", SEEDS[0], tokenizer=tokenizer
+    )
     return {
         "eval_loss": eval_loss(model, tokenizer, dataset["validation"])["eval_loss"],
         "general_per_text": text_loss(model, tokenizer, general)["per_text"],
@@ -103,9 +116,14 @@ def train_and_measure(method: str, rate: float, seed: int, path: str, tokenizer,
     loss = eval_loss(model, tokenizer, dataset["validation"])
     scores, _ = reply_scores(model, tokenizer, dataset["test"], budget["max_new_tokens"])
     return {
-        "method": method, "learning_rate": rate, "seed": seed, "train_seconds": round(seconds, 1),
-        "eval_loss": loss["eval_loss"], "val_losses": by_id(example_ids(dataset["validation"]), loss["per_example"]),
-        "accuracy": scores["accuracy"], "test_scores": by_id(example_ids(dataset["test"]), scores["per_reply"]),
+        "method": method,
+        "learning_rate": rate,
+        "seed": seed,
+        "train_seconds": round(seconds, 1),
+        "eval_loss": loss["eval_loss"],
+        "val_losses": by_id(example_ids(dataset["validation"]), loss["per_example"]),
+        "accuracy": scores["accuracy"],
+        "test_scores": by_id(example_ids(dataset["test"]), scores["per_reply"]),
         "general_per_text": text_loss(model, tokenizer, general)["per_text"],
     }
 
@@ -114,15 +132,23 @@ README_BLOCK = re.compile(r"(<!-- study table -->\n).*?(<!-- end of study table 
 
 
 def markdown_table(study: dict) -> str:
-    """README's summary of a study: each method's validation curve, pick and spread over seeds, and the wall time."""
-    lines = ["| method | validation loss by learning rate (grid seed) | pick | accuracy at the pick, mean (range) over "
-             "seeds | forgetting at the pick |", "|---|---|---|---|---|"]
+    """README's summary of a study: per method its validation curve, pick and seed spread; the wall time."""
+    lines = [
+        "| method | validation loss by learning rate (grid seed) | pick "
+        "| accuracy at the pick, mean (range) over seeds | forgetting at the pick |",
+        "|---|---|---|---|---|",
+    ]
     for method in study["picks"]:
-        curve = ", ".join(f"{rate:g}: {run['eval_loss']:.3f}" for rate, run in sorted(grid_runs(study["runs"], method).items()))
+        curve = ", ".join(
+            f"{rate:g}: {run['eval_loss']:.3f}"
+            for rate, run in sorted(grid_runs(study["runs"], method).items())
+        )
         measured = spread(study, method)
         acc, forgot = measured["accuracy"], measured["forgetting"]
-        lines.append(f"| {method} | {curve} | {study['picks'][method]:g} | {acc['mean']:.1%} ({acc['low']:.1%} to "
-                     f"{acc['high']:.1%}, {acc['seeds']} seeds) | {forgot['mean']:+.3f} nats |")
+        lines.append(
+            f"| {method} | {curve} | {study['picks'][method]:g} | {acc['mean']:.1%} ({acc['low']:.1%} to "
+            f"{acc['high']:.1%}, {acc['seeds']} seeds) | {forgot['mean']:+.3f} nats |"
+        )
     lines.append(f"\n`{study['command']}` at {study['commit']}: {len(study['runs'])} runs in "
                  f"{study['wall_seconds'] / 60:.0f} min on {study['machine']}.")
     return "\n".join(lines) + "\n"
@@ -135,18 +161,27 @@ def readme_block(text: str, study: dict) -> str:
 
 def commit() -> str:
     """The checked-out commit, and '+changes' when the tree differs from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
     return head.strip() + (" +changes" if dirty.strip() else "")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "study.json")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--seeds", type=int, default=len(SEEDS), help=f"seeds at each pick, at most {len(SEEDS)}")
-    parser.add_argument("--smoke", action="store_true", help="a few examples per run and a two-rate grid, never widened")
+    parser.add_argument(
+        "--seeds", type=int, default=len(SEEDS), help=f"seeds at each pick, at most {len(SEEDS)}"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few examples per run and a two-rate grid, never widened"
+    )
     parser.add_argument("--readme", action="store_true", help="print README's study table again from --out")
     args = parser.parse_args(argv)
     if args.readme:
@@ -170,11 +205,18 @@ def main(argv: list[str] | None = None) -> None:
     general, source = load_general_text("tiny", budget["general_texts"])
 
     def save(**extra: object) -> None:
-        study.update(command="make study" if args.out == ROOT / "results" / "study.json" else "scripts/study.py",
-                     commit=commit(), profile="tiny", model=choice.description, machine=detect_hardware().describe(),
-                     versions=package_versions(),
-                     general_text=source, seeds=list(seeds),
-                     created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra)
+        study.update(
+            command="make study" if args.out == ROOT / "results" / "study.json" else "scripts/study.py",
+            commit=commit(),
+            profile="tiny",
+            model=choice.description,
+            machine=detect_hardware().describe(),
+            versions=package_versions(),
+            general_text=source,
+            seeds=list(seeds),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **extra,
+        )
         study["wall_seconds"] = round(study["wall_seconds"] + time.perf_counter() - started, 1)
         write_json_atomic(args.out, study)
 
@@ -199,8 +241,11 @@ def main(argv: list[str] | None = None) -> None:
         left = sum(max(0, len(first_grid[m]) + len(seeds) - 1 - sum(r["method"] == m for r in runs))
                    for m in args.methods)
         eta = f", about {left * sum(times) / len(times) / 60:.0f} min left" if times else ""
-        print(f"[run {len(runs) + 1}, at least {left} to go{eta}] {method} at learning rate {rate:g}, seed {seed}",
-              flush=True)
+        print(
+            f"[run {len(runs) + 1}, at least {left} to go{eta}] "
+            f"{method} at learning rate {rate:g}, seed {seed}",
+            flush=True,
+        )
         run_start = time.perf_counter()
         run = train_and_measure(method, rate, seed, path, tokenizer, dataset, general, budget)
         run["run_seconds"] = round(time.perf_counter() - run_start, 1)  # training and evaluation
@@ -212,10 +257,13 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         gc.collect()
     picks = {method: pick(runs, method) for method in args.methods}
-    if len(runs) > len(times_before) or study.get("picks") != picks:  # a study with nothing new keeps its stamp
+    # a study with nothing new keeps its stamp
+    if len(runs) > len(times_before) or study.get("picks") != picks:
         save(picks=picks)
     for method in args.methods:
-        curve = ", ".join(f"{rate:g}: {run['eval_loss']:.3f}" for rate, run in sorted(grid_runs(runs, method).items()))
+        curve = ", ".join(
+            f"{rate:g}: {run['eval_loss']:.3f}" for rate, run in sorted(grid_runs(runs, method).items())
+        )
         print(f"{method}: picked {study['picks'][method]:g} (validation loss by rate: {curve})")
     print(f"{len(runs)} runs in {study['wall_seconds'] / 60:.1f} min -> {args.out.name}")
 

@@ -1,4 +1,4 @@
-"""Checks that only the tests use: notebook code against the pinned libraries' signatures, and token-id rules."""
+"""Checks only the tests use: notebook code against the pinned libraries' signatures, and token-id rules."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import textwrap
 
 from transformers import PreTrainedTokenizerBase
 
-from helpers.models import NO_TEMPLATE_HELP
+from helpers.chat import NO_TEMPLATE_HELP
 
 # Keyword arguments that old tutorials pass and the pinned libraries no longer take, with what replaced them.
 RENAMED_KEYWORDS = {
@@ -50,7 +50,7 @@ def _resolve(target: str) -> object:
 
 
 def accepted_keywords(func: object) -> set[str] | None:
-    """Keyword names a callable takes: its named parameters plus the names it pops from **kwargs (None: unknown)."""
+    """Keyword names a callable takes: its parameters and the names it pops from **kwargs (None: unknown)."""
     target = func.__init__ if inspect.isclass(func) else func
     params = inspect.signature(target).parameters
     names = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
@@ -75,7 +75,7 @@ def accepted_keywords(func: object) -> set[str] | None:
 
 
 def unknown_call_keywords(code: str) -> list[str]:
-    """Keyword arguments in code that the installed transformers/peft/trl no longer accept, each with its fix."""
+    """Keyword arguments in code the installed transformers/peft/trl no longer take, each with its fix."""
     lines = [line for line in code.splitlines() if not line.lstrip().startswith(("%", "!"))]  # IPython magics
     problems = []
     for node in ast.walk(ast.parse("\n".join(lines))):
@@ -96,7 +96,9 @@ def unknown_call_keywords(code: str) -> list[str]:
             continue
         for keyword in node.keywords:
             if keyword.arg is not None and keyword.arg not in accepted:
-                fix = RENAMED_KEYWORDS.get(keyword.arg, "see the library's documentation for the current name")
+                fix = RENAMED_KEYWORDS.get(
+                    keyword.arg, "see the library's documentation for the current name"
+                )
                 problems.append(f"line {node.lineno}: {name}({keyword.arg}=...) is not accepted; use {fix}")
     return problems
 
@@ -106,9 +108,9 @@ def check_one_bos(ids: list[int], tokenizer: PreTrainedTokenizerBase) -> None:
     at = [i for i, t in enumerate(ids) if t == tokenizer.bos_token_id]
     if at != [0]:
         raise ValueError(
-            f"Expected one {tokenizer.bos_token} at position 0, found it at positions {at[:5]}. The chat template "
-            "already writes it: tokenize with apply_chat_template(..., tokenize=True), or call "
-            "tokenizer(text, add_special_tokens=False) on rendered text."
+            f"Expected one {tokenizer.bos_token} at position 0, found it at positions {at[:5]}. "
+            "The chat template already writes it: tokenize with apply_chat_template(..., tokenize=True), "
+            "or call tokenizer(text, add_special_tokens=False) on rendered text."
         )
 
 
@@ -120,5 +122,5 @@ def check_template_pinned(tokenizer: PreTrainedTokenizerBase, template_kwargs: d
     if "strftime_now" in template and "date_string" not in (template_kwargs or {}):
         raise ValueError(
             "This chat template writes today's date into every prompt, so token ids change from day to day. "
-            "Fix: pass date_string, e.g. apply_chat_template(..., **helpers.models.CHAT_TEMPLATE_KWARGS)."
+            "Fix: pass date_string, e.g. apply_chat_template(..., **helpers.chat.CHAT_TEMPLATE_KWARGS)."
         )

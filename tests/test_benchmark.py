@@ -1,4 +1,4 @@
-"""The benchmark (scripts/benchmark.py) and the batching it measures: similar-length batches, padding-free batches."""
+"""The benchmark (scripts/benchmark.py) and the batching it measures: similar-length, padding-free."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from conftest import load_script
 from transformers import AutoModelForCausalLM
 
 from helpers import ROOT
+from helpers.chat import CHAT_TEMPLATE_KWARGS, load_tokenizer
 from helpers.compare import benchmark_findings, benchmark_rows
 from helpers.data import (
     batches_of_similar_length,
@@ -23,7 +24,6 @@ from helpers.data import (
     token_lengths,
 )
 from helpers.masking import tokenize_with_mask
-from helpers.models import CHAT_TEMPLATE_KWARGS, load_tokenizer
 
 TINY = str(ROOT / "models" / "tiny-llama-support")
 benchmark = load_script("benchmark")
@@ -52,7 +52,7 @@ def test_similar_length_batches_keep_the_examples_and_cut_padding(train_split, t
 
 
 def test_padding_free_batch_gives_each_example_the_loss_of_a_padded_batch(train_split, tokenizer):
-    """Examples end to end with restarting position ids attend only within themselves (no cross-contamination)."""
+    """Examples end to end with restarting position ids attend only within themselves (no cross-talk)."""
     model = AutoModelForCausalLM.from_pretrained(TINY, dtype=torch.float32, attn_implementation="sdpa").eval()
     examples = [tokenize_with_mask(tokenizer, train_split[i]) for i in range(4)]
     lengths = [len(ids) for ids, _ in examples]
@@ -64,16 +64,21 @@ def test_padding_free_batch_gives_each_example_the_loss_of_a_padded_batch(train_
     positions = torch.tensor([sum((list(range(n)) for n in lengths), [])])
     with torch.no_grad():
         padded_logits = model(input_ids=padded, attention_mask=mask).logits
-        # use_cache=False as TRL's SFTTrainer passes in training: with a cache, transformers does not look for packing
+        # use_cache=False as TRL's SFTTrainer passes in training:
+        # with a cache, transformers does not look for packing
         flat_logits = model(input_ids=flat, position_ids=positions, use_cache=False).logits[0]
     start = 0
     for row, n in enumerate(lengths):
-        torch.testing.assert_close(flat_logits[start : start + n], padded_logits[row, :n], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            flat_logits[start : start + n], padded_logits[row, :n], atol=1e-4, rtol=1e-4
+        )
         start += n
     # and without the position ids, later examples would see earlier ones: the check above can fail
     with torch.no_grad():
         leaky = model(input_ids=flat, use_cache=False).logits[0]
-    assert not torch.allclose(leaky[lengths[0] : lengths[0] + lengths[1]], padded_logits[1, : lengths[1]], atol=1e-3)
+    assert not torch.allclose(
+        leaky[lengths[0] : lengths[0] + lengths[1]], padded_logits[1, : lengths[1]], atol=1e-3
+    )
 
 
 def test_benchmark_smoke_writes_rows_and_keeps_other_runs(tmp_path):
@@ -105,19 +110,32 @@ def test_benchmark_smoke_writes_rows_and_keeps_other_runs(tmp_path):
 
 
 def test_benchmark_table_reports_a_failed_row():
-    ok = {"method": "lora", "row": "naive", "tokens_per_second": 100.0, "padding_share": 0.1, "train_loss": 1.0,
-          "eval_loss": 1.0, "peak_memory": {"peak_bytes": 2**20}}
-    run = {"rows": [ok, {"method": "lora", "row": "course", "knobs": {}, "error": "Traceback\nOutOfMemoryError: CUDA"}]}
+    ok = {
+        "method": "lora",
+        "row": "naive",
+        "tokens_per_second": 100.0,
+        "padding_share": 0.1,
+        "train_loss": 1.0,
+        "eval_loss": 1.0,
+        "peak_memory": {"peak_bytes": 2**20},
+    }
+    run = {
+        "rows": [
+            ok,
+            {"method": "lora", "row": "course", "knobs": {}, "error": "Traceback\nOutOfMemoryError: CUDA"},
+        ]
+    }
     rows = benchmark_rows(run)
     assert rows[1]["tokens/s"] == "failed: OutOfMemoryError: CUDA"
     assert benchmark_findings(run) == []  # no course row measured: no claim
-    assert "reserved (CUDA)" not in rows[0] and "estimate" not in rows[0]  # nothing to show on a CPU: no column
+    # nothing to show on a CPU: no column
+    assert "reserved (CUDA)" not in rows[0] and "estimate" not in rows[0]
     on_cuda = {**ok, "peak_memory": {"peak_bytes": 2**30, "peak_reserved_bytes": 2**31}}
     assert benchmark_rows({"rows": [on_cuda]})[0]["reserved (CUDA)"] == "2.00 GiB"
 
 
 def test_the_readme_tables_are_the_committed_benchmark_runs():
-    """README's benchmark tables are printed from results/benchmark.json (python scripts/benchmark.py --readme)."""
+    """README's benchmark tables are printed from results/benchmark.json (scripts/benchmark.py --readme)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     runs = json.loads((ROOT / "results" / "benchmark.json").read_text())["runs"]
     named = [m["run"] for m in benchmark.README_TABLE.finditer(readme)]
@@ -126,13 +144,30 @@ def test_the_readme_tables_are_the_committed_benchmark_runs():
 
 
 def test_a_readme_table_gives_each_speed_its_memory_and_names_a_missing_run():
-    run = {"rows": [
-        {"method": "lora", "row": "naive", "knobs": {}, "tokens_per_second": 1000.0,
-         "peak_memory": {"measured": "cuda max_memory_allocated", "peak_bytes": 3 * 2**30}},
-        {"method": "lora", "row": "course", "knobs": {}, "tokens_per_second": 1500.0,
-         "peak_memory": {"measured": "cuda max_memory_allocated", "peak_bytes": 6 * 2**30}},
-        {"method": "qlora", "row": "course", "knobs": {"upcast": True}, "error": "Traceback ...\nOutOfMemoryError"},
-    ]}
+    run = {
+        "rows": [
+            {
+                "method": "lora",
+                "row": "naive",
+                "knobs": {},
+                "tokens_per_second": 1000.0,
+                "peak_memory": {"measured": "cuda max_memory_allocated", "peak_bytes": 3 * 2**30},
+            },
+            {
+                "method": "lora",
+                "row": "course",
+                "knobs": {},
+                "tokens_per_second": 1500.0,
+                "peak_memory": {"measured": "cuda max_memory_allocated", "peak_bytes": 6 * 2**30},
+            },
+            {
+                "method": "qlora",
+                "row": "course",
+                "knobs": {"upcast": True},
+                "error": "Traceback ...\nOutOfMemoryError",
+            },
+        ]
+    }
     table = benchmark.markdown_table(run)
     assert "| course | 1,500 (1.50x), 6.00 GiB | failed |" in table
     assert "peak allocated (CUDA)" in table and "kept PEFT's float32 embedding and norms" in table
@@ -143,12 +178,17 @@ def test_a_readme_table_gives_each_speed_its_memory_and_names_a_missing_run():
 
 
 def test_row_order_keeps_each_methods_order():
-    rows = [{"method": m, "row": r} for m, r in [("full", "a"), ("full", "c"), ("lora", "a"), ("lora", "b"), ("lora", "c")]]
+    rows = [
+        {"method": m, "row": r}
+        for m, r in [("full", "a"), ("full", "c"), ("lora", "a"), ("lora", "b"), ("lora", "c")]
+    ]
     assert benchmark.row_order(rows) == ["a", "b", "c"]
 
 
-def test_scoring_only_labelled_positions_gives_the_same_loss_and_gradients(train_split, tokenizer, monkeypatch):
-    """The benchmark's "LM head on labelled positions only" row computes what TRL's CPU path does, with less work."""
+def test_scoring_only_labelled_positions_gives_the_same_loss_and_gradients(
+    train_split, tokenizer, monkeypatch
+):
+    """The "LM head on labelled positions only" row computes what TRL's CPU path does, with less work."""
     import trl.trainer.utils
 
     examples = [tokenize_with_mask(tokenizer, train_split[i]) for i in range(4)]
@@ -176,7 +216,8 @@ def test_scoring_only_labelled_positions_gives_the_same_loss_and_gradients(train
             return head.apply(hidden_states, *rest)
 
     monkeypatch.setattr(trl.trainer.utils, "_ChunkedLogProbFunction", CountingHead)
-    monkeypatch.setattr(trl.trainer.utils, "_use_triton", trl.trainer.utils._use_triton)  # restored after the test
+    # restored after the test
+    monkeypatch.setattr(trl.trainer.utils, "_use_triton", trl.trainer.utils._use_triton)
     every_position = loss_and_grad()
     benchmark.score_labelled_positions_only()
     labelled_only = loss_and_grad()
@@ -205,10 +246,14 @@ def test_memory_snapshot_breakdown_sums_what_is_live_at_the_peak():
     ]
     breakdown = benchmark.peak_breakdown({"device_traces": [trace], "segments": []}, max_entries=100, top=1)
     assert breakdown["rise_bytes"] == 280 and breakdown["events"] == 9 and not breakdown["truncated"]
-    assert breakdown["sites"] == [{
-        "site": "peft/tuners/lora/bnb.py:500 forward < transformers/models/llama/modeling_llama.py:200 forward",
-        "bytes": 230, "allocations": 2,
-    }]
+    assert breakdown["sites"] == [
+        {
+            "site": "peft/tuners/lora/bnb.py:500 forward"
+            " < transformers/models/llama/modeling_llama.py:200 forward",
+            "bytes": 230,
+            "allocations": 2,
+        }
+    ]
     assert breakdown["other_bytes"] == 50  # the allocation with no frame outside torch
     assert [entry["bytes"] for entry in breakdown["largest"]] == [200, 50, 30]
     assert benchmark.allocation_site([linear]).startswith("(no Python frame outside torch")
@@ -239,13 +284,17 @@ def test_gpu_bench_script_names_rows_the_gpu_plan_has():
 
 
 def test_a_row_with_memory_snapshot_records_while_training_and_stops_after(monkeypatch):
-    """The CUDA-only wiring of --memory-snapshot, with torch's recorder stood in for (this machine has no CUDA)."""
+    """The CUDA-only wiring of --memory-snapshot, with torch's recorder stood in for (no CUDA here)."""
     import argparse
 
     calls = []
     alloc = {"action": "alloc", "addr": 1, "size": 64, "frames": []}
-    monkeypatch.setattr(torch.cuda.memory, "_record_memory_history", lambda *a, **k: calls.append(("record", k)))
-    monkeypatch.setattr(torch.cuda.memory, "_snapshot", lambda: calls.append(("snapshot",)) or {"device_traces": [[alloc]]})
+    monkeypatch.setattr(
+        torch.cuda.memory, "_record_memory_history", lambda *a, **k: calls.append(("record", k))
+    )
+    monkeypatch.setattr(
+        torch.cuda.memory, "_snapshot", lambda: calls.append(("snapshot",)) or {"device_traces": [[alloc]]}
+    )
     args = argparse.Namespace(profile="tiny", steps=2, warmup=1, eval_examples=8, long=False, max_length=256,
                               memory_snapshot=True)
     row = benchmark.run_row("lora", {**benchmark.NAIVE, **benchmark.COURSE}, args)

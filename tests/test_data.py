@@ -1,4 +1,4 @@
-"""Tests for data/generate_support.py, helpers/data.py and helpers/scoring.py: the dataset, loading, checks, scoring."""
+"""Tests for data/generate_support.py, helpers/data.py and helpers/scoring.py: dataset, loading, scores."""
 
 from __future__ import annotations
 
@@ -102,7 +102,10 @@ def qa_rows(n: int) -> list[dict]:
 def test_generator_is_deterministic_and_matches_checked_in_files(generator, tmp_path):
     generator.main(tmp_path / "a")
     generator.main(tmp_path / "b")
-    files = [f"support/{split}.jsonl" for split in SPLIT_NAMES] + ["pretrain/corpus.txt", "pretrain/heldout.txt"]
+    files = [f"support/{split}.jsonl" for split in SPLIT_NAMES] + [
+        "pretrain/corpus.txt",
+        "pretrain/heldout.txt",
+    ]
     for name in files:
         first = (tmp_path / "a" / name).read_bytes()
         assert first == (tmp_path / "b" / name).read_bytes(), f"{name} differs between two runs"
@@ -200,11 +203,13 @@ def test_the_sentence_check_finds_a_corpus_sentence_in_another_paragraph():
 
 
 def test_general_texts_are_held_out_prose_without_the_task():
-    """Issue 24: the forgetting check's texts: the tiny model's never read, the real model's not about the task."""
+    """The forgetting check's texts: the tiny model's never read, the real model's not about the task."""
     corpus = set((ROOT / "data" / "pretrain" / "corpus.txt").read_text(encoding="utf-8").splitlines())
     heldout = (ROOT / "data" / "pretrain" / "heldout.txt").read_text(encoding="utf-8").splitlines()
     assert len(heldout) == 200 and not corpus & set(heldout)
-    assert not _sentence_set(corpus) & _sentence_set(heldout), "a held-out sentence is in the pretraining corpus"
+    assert not _sentence_set(corpus) & _sentence_set(heldout), (
+        "a held-out sentence is in the pretraining corpus"
+    )
     general = (ROOT / "data" / "general" / "paragraphs.txt").read_text(encoding="utf-8").splitlines()
     assert len(general) == len(set(general)) == 80 and all(60 <= len(p.split()) <= 110 for p in general)
     for text in heldout + general:
@@ -299,7 +304,8 @@ def test_non_string_values_are_reported():
     ds = Dataset.from_dict({"prompt": ["a", None], "completion": ["b", "c"]})
     with pytest.raises(
         ValueError,
-        match=r"^nulls: 'prompt' is not a string in 1 row\(s\), first rows \[1\] \(row 1 holds NoneType None\)",
+        match=r"^nulls: 'prompt' is not a string in 1 row\(s\), first rows \[1\] "
+        r"\(row 1 holds NoneType None\)",
     ):
         hd.validate_examples(ds, "nulls")
 
@@ -392,7 +398,8 @@ def test_messages_without_assistant_reply_are_reported():
     )
     with pytest.raises(
         ValueError,
-        match=r"chat: 1 row\(s\) of 'messages' have no user message followed by an assistant message, first rows \[1\]",
+        match=r"chat: 1 row\(s\) of 'messages' have no user message followed by an assistant message, "
+        r"first rows \[1\]",
     ):
         hd.normalise_columns(ds, source_name="chat")
 
@@ -414,7 +421,8 @@ def test_column_map_errors(tmp_path):
     path = write(tmp_path / "faq.csv", "question,answer\nq,a\nq2,a2\nq3,a3\n")
     with pytest.raises(
         ValueError,
-        match=r"column_map refers to column\(s\) \['reply'\] that do not exist\. Available columns: \['question', 'answer'\]",
+        match=r"column_map refers to column\(s\) \['reply'\] that do not exist\. "
+        r"Available columns: \['question', 'answer'\]",
     ):
         hd.load_dataset_any(str(path), column_map={"prompt": "question", "completion": "reply"})
     with pytest.raises(
@@ -511,7 +519,8 @@ def test_check_lengths_and_drop_too_long(tokenizer, capsys):
         hd.check_lengths(ds, tokenizer, limit)
     message = str(info.value)
     assert (
-        f"1 of 2 examples are longer than max_length={limit} tokens (longest: {longest} tokens; first rows [1])"
+        f"1 of 2 examples are longer than max_length={limit} tokens (longest: "
+        f"{longest} tokens; first rows [1])"
         in message
     )
     assert f"raise max_length to at least {longest}" in message
@@ -528,7 +537,10 @@ def test_check_lengths_and_drop_too_long(tokenizer, capsys):
 
 
 def test_parse_reply():
-    text = "\n  category:  refund \norder:48213\nproduct: trail running shoes\nThanks! product: other\ncategory: x"
+    text = (
+        "\n  category:  refund \norder:48213\nproduct: trail running shoes\n"
+        "Thanks! product: other\ncategory: x"
+    )
     assert hs.parse_reply(text) == {"category": "refund", "order": "48213", "product": "trail running shoes"}
     assert hs.parse_reply("category: refund\norder: none") == {
         "category": "refund",
@@ -552,7 +564,14 @@ def test_score_replies():
         "category: refund\norder: 44444\nproduct: none\nThanks.",
     ]
     scores = hs.score_replies(predictions, references)
-    assert scores == {"n": 4, "accuracy": 0.25, "category": 0.75, "order": 0.5, "product": 1.0, "per_reply": [1, 0, 0, 0]}
+    assert scores == {
+        "n": 4,
+        "accuracy": 0.25,
+        "category": 0.75,
+        "order": 0.5,
+        "product": 1.0,
+        "per_reply": [1, 0, 0, 0],
+    }
     with pytest.raises(ValueError, match=r"score_replies got 1 predictions but 4 references"):
         hs.score_replies(predictions[:1], references)
     with pytest.raises(ValueError, match=r"reference 0 has no line for \['order', 'product'\]"):
@@ -560,7 +579,11 @@ def test_score_replies():
 
 
 def test_chrf_is_100_for_identical_texts_and_low_for_unrelated_ones():
-    texts = ["Water the fern twice a week.", "Paris is the capital of France.", "Ünïcode, émojis 🌿 and\nnew lines."]
+    texts = [
+        "Water the fern twice a week.",
+        "Paris is the capital of France.",
+        "Ünïcode, émojis 🌿 and\nnew lines.",
+    ]
     same = hs.chrf_scores(texts, texts)
     assert same == {"metric": "chrF", "n": 3, "chrF": pytest.approx(100), "chrF_mean": pytest.approx(100),
                     "per_reply": pytest.approx([100, 100, 100])}
@@ -574,11 +597,15 @@ def test_chrf_is_100_for_identical_texts_and_low_for_unrelated_ones():
 
 
 def test_score_any_uses_task_accuracy_only_when_every_reference_has_the_header_lines():
-    support = ["category: refund\norder: 11111\nproduct: desk lamp\nThanks.", "category: return\norder: none\nproduct: none"]
+    support = [
+        "category: refund\norder: 11111\nproduct: desk lamp\nThanks.",
+        "category: return\norder: none\nproduct: none",
+    ]
     scores = hs.score_any(support, support)
     assert scores == {"metric": "task accuracy", **hs.score_replies(support, support)}
     assert hs.headline(scores) == 1.0
-    mixed = hs.score_any(["Bonjour", "Blue"], ["Bonjour", support[0]])  # one reference without the header lines
+    # one reference without the header lines
+    mixed = hs.score_any(["Bonjour", "Blue"], ["Bonjour", support[0]])
     assert mixed["metric"] == "chrF" and mixed["n"] == 2 and hs.headline(mixed) == mixed["chrF"]
 
 
@@ -595,6 +622,9 @@ def test_a_hub_dataset_that_cannot_be_loaded_names_the_fix(monkeypatch):
         raise ConnectionError("Couldn't reach 'someone/faq' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(hd.datasets, "load_dataset", offline)
-    with pytest.raises(ValueError, match=r"Could not load 'someone/faq' from the Hugging Face Hub \(ConnectionError: "
-                                         r"Couldn't reach.*`hf auth login`.*local \.jsonl, \.json or \.csv file"):
+    with pytest.raises(
+        ValueError,
+        match=r"Could not load 'someone/faq' from the Hugging Face Hub \(ConnectionError: "
+        r"Couldn't reach.*`hf auth login`.*local \.jsonl, \.json or \.csv file",
+    ):
         hd.load_dataset_any("someone/faq")

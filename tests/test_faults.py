@@ -1,4 +1,4 @@
-"""Bad input and faults: each test injects one fault and checks the user gets a clear error or a clean recovery.
+"""Bad input and faults: each test injects one fault; the user gets a clear error or a clean recovery.
 
 CPU only, no network (hub answers are simulated with monkeypatch), tiny models.
 """
@@ -32,11 +32,13 @@ from transformers import (
 from transformers.utils import chat_template_utils
 
 from helpers import ROOT, callbacks, checks, preflight
+from helpers.chat import CHAT_TEMPLATE, CHAT_TEMPLATE_KWARGS, load_tokenizer
 from helpers.data import load_dataset_any
 from helpers.fit import choose_plan
 from helpers.memory import estimate_training_memory
-from helpers.models import CHAT_TEMPLATE, CHAT_TEMPLATE_KWARGS, LLAMA_3_2_1B, TINY_MODEL_DIR, load_tokenizer
 from helpers.results import check_finite_metrics, write_json_atomic
+from helpers.shapes import LLAMA_3_2_1B
+from helpers.stand_in import TINY_MODEL_DIR
 
 torch.set_num_threads(1)  # the machine is shared; these models are tiny anyway
 
@@ -86,7 +88,9 @@ def hub_error(status: int, code: str | None = None, message: str | None = None) 
     raise AssertionError("hf_raise_for_status did not raise")
 
 
-def simulate_hub(monkeypatch, error: Exception | None, token: str | None = SECRET, whoami: dict | None = None):
+def simulate_hub(
+    monkeypatch, error: Exception | None, token: str | None = SECRET, whoami: dict | None = None
+):
     """Make the hub answer `error` (or succeed) for auth_check, with `token` as the saved token."""
 
     def auth_check(repo_id, token=None):
@@ -138,7 +142,10 @@ def make_trainer(output_dir: Path, callbacks=(), max_steps: int = 6, **overrides
     )
     settings.update(overrides)
     return Trainer(
-        model=small_llama(), args=TrainingArguments(**settings), train_dataset=token_dataset(), callbacks=list(callbacks)
+        model=small_llama(),
+        args=TrainingArguments(**settings),
+        train_dataset=token_dataset(),
+        callbacks=list(callbacks),
     )
 
 
@@ -188,14 +195,18 @@ def test_gated_model_without_token_says_accept_licence_and_log_in(monkeypatch):
 
 
 def test_gated_model_licence_not_accepted(monkeypatch):
-    error = hub_error(403, "GatedRepo", f"Access to model {REPO} is restricted and you are not in the authorized list.")
+    error = hub_error(
+        403, "GatedRepo", f"Access to model {REPO} is restricted and you are not in the authorized list."
+    )
     message = access_message(monkeypatch, error)
     assert "your account has no access yet" in message
     assert "accept the licence and wait for approval" in message and "hf auth whoami" in message
 
 
 def test_gated_model_access_request_pending(monkeypatch):
-    error = hub_error(403, "GatedRepo", f"Your request to access model {REPO} is awaiting a review from the repo authors.")
+    error = hub_error(
+        403, "GatedRepo", f"Your request to access model {REPO} is awaiting a review from the repo authors."
+    )
     message = access_message(monkeypatch, error)
     assert "your access request is still pending review by the authors" in message
     assert "COURSE_PROFILE=tiny" in message
@@ -204,7 +215,9 @@ def test_gated_model_access_request_pending(monkeypatch):
 def test_gated_model_fine_grained_token_without_gated_permission(monkeypatch):
     whoami = {"auth": {"accessToken": {"role": "fineGrained", "fineGrained": {"canReadGatedRepos": False}}}}
     message = access_message(monkeypatch, hub_error(403, "GatedRepo", "Access restricted."), whoami=whoami)
-    assert "your token is fine-grained and lacks 'Read access to contents of all public gated repos" in message
+    assert (
+        "your token is fine-grained and lacks 'Read access to contents of all public gated repos" in message
+    )
 
 
 def test_gated_model_with_rejected_token(monkeypatch):
@@ -229,7 +242,9 @@ def test_offline_mode_uses_the_cache_or_explains(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
     with pytest.raises(preflight.ModelAccessError, match=r"not in the local cache and offline mode is on"):
         preflight.check_model_access(REPO)
-    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: str(tmp_path / "config.json"))
+    monkeypatch.setattr(
+        huggingface_hub, "try_to_load_from_cache", lambda repo, name: str(tmp_path / "config.json")
+    )
     assert preflight.check_model_access(REPO) == "cache"
 
 
@@ -240,7 +255,9 @@ def test_local_model_folder_needs_no_hub(monkeypatch):
     assert preflight.check_model_access(REPO) == "hub"
 
 
-@pytest.mark.parametrize("status, code", [(401, "GatedRepo"), (403, "GatedRepo"), (404, "RepoNotFound"), (500, None)])
+@pytest.mark.parametrize(
+    "status, code", [(401, "GatedRepo"), (403, "GatedRepo"), (404, "RepoNotFound"), (500, None)]
+)
 def test_token_is_never_printed_or_saved(monkeypatch, tmp_path, capsys, status, code):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_TOKEN", SECRET)
@@ -263,7 +280,9 @@ def test_installed_versions_match_the_pins():
 
 def test_version_mismatch_names_package_pin_and_fix(monkeypatch, tmp_path):
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("transformers==4.44.0\nnot-a-real-package-xyz==1.0\n# notebooks and tests\npytest==1\n")
+    requirements.write_text(
+        "transformers==4.44.0\nnot-a-real-package-xyz==1.0\n# notebooks and tests\npytest==1\n"
+    )
     with pytest.raises(RuntimeError) as info:
         preflight.check_pinned_versions(requirements)
     message = str(info.value)
@@ -278,7 +297,9 @@ def test_upgraded_but_not_restarted_kernel_is_detected(monkeypatch, tmp_path):
     import peft
 
     monkeypatch.setattr(peft, "__version__", "0.13.0")  # what the running kernel imported before the upgrade
-    with pytest.raises(RuntimeError, match=r"peft 0\.13\.0 is imported but 0\.21\.2 is installed: restart the kernel"):
+    with pytest.raises(
+        RuntimeError, match=r"peft 0\.13\.0 is imported but 0\.21\.2 is installed: restart the kernel"
+    ):
         preflight.check_pinned_versions(requirements)
 
 
@@ -332,14 +353,22 @@ def test_old_tutorial_keywords_are_reported_with_their_new_names():
 def test_full_fine_tuning_of_1b_that_does_not_fit_is_refused_with_the_options():
     with torch.device("meta"):
         params = sum(p.numel() for p in LlamaForCausalLM(LlamaConfig(**LLAMA_3_2_1B)).parameters())
-    shape = dict(seq_len=256, hidden_size=2048, num_layers=16, intermediate_size=8192, vocab_size=128256, num_heads=32)
+    shape = dict(
+        seq_len=256, hidden_size=2048, num_layers=16, intermediate_size=8192, vocab_size=128256, num_heads=32
+    )
     plans = {
         "plain": estimate_training_memory(
             total_params=params, trainable_params=params, weight_bytes=4 * params, batch_size=8, **shape
         ),
         "low memory": estimate_training_memory(
-            total_params=params, trainable_params=params, weight_bytes=4 * params, optimizer="paged_adamw_8bit",
-            batch_size=2, gradient_checkpointing=True, activation_bytes=2, **shape,
+            total_params=params,
+            trainable_params=params,
+            weight_bytes=4 * params,
+            optimizer="paged_adamw_8bit",
+            batch_size=2,
+            gradient_checkpointing=True,
+            activation_bytes=2,
+            **shape,
         ),
     }
     assert choose_plan(plans, 15 * GiB, where="a T4", reserve_bytes=GiB // 2) == "low memory"
@@ -348,7 +377,9 @@ def test_full_fine_tuning_of_1b_that_does_not_fit_is_refused_with_the_options():
     message = str(info.value)
     assert message.startswith("No plan fits on an 8 GB GPU: plain does not fit on an 8 GB GPU: needs about")
     assert "low memory does not fit" in message
-    assert "train with LoRA (02_lora.ipynb) or QLoRA (4-bit base weights) instead of full fine-tuning" in message
+    assert (
+        "train with LoRA (02_lora.ipynb) or QLoRA (4-bit base weights) instead of full fine-tuning" in message
+    )
     lora = estimate_training_memory(  # bf16 weights, fp32 adapters, 16-bit activations
         total_params=params, trainable_params=11_272_192, weight_bytes=2 * params, batch_size=8,
         activation_bytes=2, **shape,
@@ -361,9 +392,12 @@ def test_fp16_trainable_weights_are_refused_up_front():
     with pytest.raises(ValueError) as info:
         checks.check_trainable_dtypes(model, fp16=True)
     message = str(info.value)
-    assert "trainable parameters are float16" in message and "'Attempting to unscale FP16 gradients'" in message
+    assert (
+        "trainable parameters are float16" in message and "'Attempting to unscale FP16 gradients'" in message
+    )
     assert "dtype=torch.float32" in message
-    assert checks.check_trainable_dtypes(small_llama(), fp16=True) > 0  # float32 weights + fp16 autocast: fine
+    # float32 weights + fp16 autocast: fine
+    assert checks.check_trainable_dtypes(small_llama(), fp16=True) > 0
     # what the user would otherwise meet, later, from torch's gradient scaler:
     weight = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
     scaler = torch.amp.GradScaler("cpu")
@@ -387,14 +421,19 @@ def test_pad_set_to_end_of_turn_after_loading_is_caught(tiny_model, tokenizer):
     checks.check_special_tokens(tiny_model, tokenizer)  # the course's set-up passes
     tok = load_tokenizer(str(TINY_MODEL_DIR))
     tok.pad_token = tok.eos_token  # what many tutorials (and some trainers) do
-    with pytest.raises(ValueError, match=r"the pad token '<\|eot_id\|>' is a stop token.*never learns to stop"):
+    with pytest.raises(
+        ValueError, match=r"the pad token '<\|eot_id\|>' is a stop token.*never learns to stop"
+    ):
         checks.check_special_tokens(tiny_model, tok)
 
 
 def test_generation_config_without_end_of_turn_is_caught(tokenizer):
     model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR)
-    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|end_of_text|>")  # base-model config
-    with pytest.raises(ValueError, match=r"generation does not stop on <\|eot_id\|>.*stop_token_ids\(tokenizer\)"):
+    # as a base model's generation config has it
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|end_of_text|>")
+    with pytest.raises(
+        ValueError, match=r"generation does not stop on <\|eot_id\|>.*stop_token_ids\(tokenizer\)"
+    ):
         checks.check_special_tokens(model, tokenizer)
     model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|eot_id|>")]
     model.config.pad_token_id = 0
@@ -415,11 +454,13 @@ def test_double_bos_from_rendering_then_tokenizing_is_caught(tokenizer):
 
 
 DATE_TEMPLATE = (
-    '{%- if not date_string is defined %}{%- if strftime_now is defined %}{%- set date_string = strftime_now("%d %b %Y") %}'
+    "{%- if not date_string is defined %}"
+    '{%- if strftime_now is defined %}{%- set date_string = strftime_now("%d %b %Y") %}'
     '{%- else %}{%- set date_string = "26 Jul 2024" %}{%- endif %}{%- endif %}'
     + CHAT_TEMPLATE.replace(
         "{{- bos_token }}",
-        "{{- bos_token }}{{- '<|start_header_id|>system<|end_header_id|>\\n\\nToday Date: ' + date_string + '<|eot_id|>' }}",
+        "{{- bos_token }}"
+        "{{- '<|start_header_id|>system<|end_header_id|>\\n\\nToday Date: ' + date_string + '<|eot_id|>' }}",
         1,
     )
 )
@@ -479,7 +520,8 @@ def test_rerunning_the_lora_cell_does_not_stack_adapters(capsys):
     config = LoraConfig(r=4, target_modules="all-linear")
     model = get_peft_model(small_llama(), config)
     first = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    model = get_peft_model(checks.unwrap_peft(model), LoraConfig(r=4, target_modules="all-linear"))  # cell re-run
+    # as when the cell runs a second time
+    model = get_peft_model(checks.unwrap_peft(model), LoraConfig(r=4, target_modules="all-linear"))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == first
     assert "removing them before adding new ones" in capsys.readouterr().out
     base = small_llama()
@@ -499,11 +541,15 @@ def test_adapter_onto_a_base_of_other_shape_is_refused_clearly(tmp_path):
     adapter = save_adapter(tmp_path / "adapter", small_llama(hidden=32))
     with pytest.raises(ValueError) as info:
         checks.check_adapter_base(adapter, small_llama(hidden=64))
-    assert "trained on a base with hidden_size 32 (this base: 64), intermediate_size 64 (this base: 128)" in str(
-        info.value
+    assert (
+        "trained on a base with hidden_size 32 (this base: 64), intermediate_size 64 (this base: 128)"
+        in str(info.value)
     )
-    (adapter / checks.FINGERPRINT_FILE).unlink()  # an adapter saved without a fingerprint: shapes still checked
-    with pytest.raises(ValueError, match=r"down_proj takes 64 input features; this base's takes 128 \(a different"):
+    # an adapter saved without a fingerprint: shapes still checked
+    (adapter / checks.FINGERPRINT_FILE).unlink()
+    with pytest.raises(
+        ValueError, match=r"down_proj takes 64 input features; this base's takes 128 \(a different"
+    ):
         checks.check_adapter_base(adapter, small_llama(hidden=64))
 
 
@@ -519,7 +565,9 @@ def test_adapter_onto_a_same_shape_but_different_base_is_refused(tmp_path):
 def test_adapter_onto_a_base_with_another_name_is_refused(tmp_path):
     small_llama(seed=0).save_pretrained(tmp_path / "Llama-3.2-1B")
     small_llama(seed=0).save_pretrained(tmp_path / "Llama-3.2-1B-Instruct")
-    adapter = save_adapter(tmp_path / "adapter", LlamaForCausalLM.from_pretrained(tmp_path / "Llama-3.2-1B-Instruct"))
+    adapter = save_adapter(
+        tmp_path / "adapter", LlamaForCausalLM.from_pretrained(tmp_path / "Llama-3.2-1B-Instruct")
+    )
     wrong = LlamaForCausalLM.from_pretrained(tmp_path / "Llama-3.2-1B")
     with pytest.raises(ValueError, match=r"was trained on '.*Llama-3\.2-1B-Instruct', not '.*Llama-3\.2-1B'"):
         checks.check_adapter_base(adapter, wrong)
@@ -536,7 +584,9 @@ def test_tied_embeddings_survive_merge_save_and_reload(tmp_path):
             ),
         )
         with torch.no_grad():  # stand-in for training: change the trained embedding copy
-            model.get_input_embeddings().weight.add_(0.1 * torch.randn_like(model.get_input_embeddings().weight))
+            model.get_input_embeddings().weight.add_(
+                0.1 * torch.randn_like(model.get_input_embeddings().weight)
+            )
         ids = torch.randint(0, 128, (2, 12))
         expected = model(input_ids=ids).logits
         merged = model.merge_and_unload()
@@ -574,7 +624,7 @@ def test_nan_guard_refuses_the_default_log_filter_that_hides_nan(tmp_path):
 
 
 def train_like_the_notebook(trainer):
-    """The notebooks' training cell: Ctrl-C saves a checkpoint and stops (a callback); resume from the last one."""
+    """The notebooks' training cell: Ctrl-C saves a checkpoint and stops (a callback); resume from it."""
     trainer.add_callback(callbacks.CheckpointOnInterrupt())
     return trainer.train(resume_from_checkpoint=callbacks.last_good_checkpoint(trainer.args.output_dir))
 
@@ -642,7 +692,10 @@ def test_keyboard_interrupt_mid_step_points_to_the_last_good_checkpoint(tmp_path
         os.kill(os.getpid(), signal.SIGINT)
 
     handler_before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt, match=r"stopped mid-step\. Re-run this cell \(or the same command\) to resume from .*checkpoint-2"):
+    with pytest.raises(
+        KeyboardInterrupt,
+        match=r"stopped mid-step\. Re-run this cell \(or the same command\) to resume from .*checkpoint-2",
+    ):
         train_like_the_notebook(make_trainer(tmp_path, callbacks=[AtStep(3, interrupt)]))
     assert signal.getsignal(signal.SIGINT) is handler_before
 
@@ -667,7 +720,9 @@ def test_an_interrupt_after_a_failed_run_interrupts_again(tmp_path):
 def test_a_diverged_run_does_not_overwrite_good_results(tmp_path):
     path = write_json_atomic(tmp_path / "lora.json", {"eval_loss": 1.23})
     metrics = {"eval_loss": float("nan"), "perplexity": float("inf"), "accuracy_after": 0.0}
-    with pytest.raises(ValueError, match=r"Not saving results: eval_loss=nan, perplexity=inf\. The run diverged"):
+    with pytest.raises(
+        ValueError, match=r"Not saving results: eval_loss=nan, perplexity=inf\. The run diverged"
+    ):
         check_finite_metrics(**metrics)
         write_json_atomic(path, metrics)
     assert json.loads(path.read_text()) == {"eval_loss": 1.23}
@@ -676,7 +731,10 @@ def test_a_diverged_run_does_not_overwrite_good_results(tmp_path):
 def test_a_finished_run_is_not_resumed_but_started_again(tmp_path, capsys):
     make_trainer(tmp_path, max_steps=6).train()  # finished: its last checkpoint is step 6 of 6
     assert callbacks.last_good_checkpoint(tmp_path) is None
-    assert "finished (checkpoint-6 is its last step): training starts from the beginning" in capsys.readouterr().out
+    assert (
+        "finished (checkpoint-6 is its last step): training starts from the beginning"
+        in capsys.readouterr().out
+    )
     counter = CountSteps()
     train_like_the_notebook(make_trainer(tmp_path, callbacks=[counter]))
     assert counter.steps == 6, "re-running the notebook trains again instead of skipping to the end"
@@ -721,7 +779,9 @@ def test_trackers_that_cannot_run_fail_at_once_with_the_fix(monkeypatch, tmp_pat
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "absent-netrc"))
-    with pytest.raises(RuntimeError, match=r"not logged in to Weights & Biases.*wandb login.*WANDB_MODE=offline"):
+    with pytest.raises(
+        RuntimeError, match=r"not logged in to Weights & Biases.*wandb login.*WANDB_MODE=offline"
+    ):
         checks.check_report_to("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     checks.check_report_to("wandb")  # offline: logs locally, no login needed

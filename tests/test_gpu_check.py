@@ -43,7 +43,9 @@ RUN_ENV_KEYS = {
 }
 KIT = ROOT / ".whl"
 # An absolute path on some machine: a check file should name none (a label like <scratch>/ or ~/ is fine).
-MACHINE_PATH = re.compile(r"(?<![\w.~>-])/(?:tmp|root|home|work|opt|usr|var|mnt|srv|scratch|private|Users)/[^\s\"']*")
+MACHINE_PATH = re.compile(
+    r"(?<![\w.~>-])/(?:tmp|root|home|work|opt|usr|var|mnt|srv|scratch|private|Users)/[^\s\"']*"
+)
 
 gpu_check_script = load_script("gpu_check")
 
@@ -97,7 +99,9 @@ def parse_plan(stdout: str) -> tuple[dict[str, dict[str, str]], list[str], list[
             index, regime, notebook, *pairs = shlex.split(rest)
             fields = dict(pair.split("=", 1) for pair in pairs)
             timeout = fields.pop("timeout_s")
-            runs.append({"index": index, "regime": regime, "notebook": notebook, "timeout_s": timeout, "env": fields})
+            runs.append(
+                {"index": index, "regime": regime, "notebook": notebook, "timeout_s": timeout, "env": fields}
+            )
         elif kind in ("DRY-RUN", "GPU", "SETTINGS"):
             header[kind] = dict(pair.split("=", 1) for pair in shlex.split(rest))
         else:
@@ -105,14 +109,19 @@ def parse_plan(stdout: str) -> tuple[dict[str, dict[str, str]], list[str], list[
     return header, wheels, install, runs
 
 
-def check_plan(stdout: str, results_root: Path, wheel_names: list[str], full: bool = False) -> dict[str, dict[str, str]]:
+def check_plan(
+    stdout: str, results_root: Path, wheel_names: list[str], full: bool = False
+) -> dict[str, dict[str, str]]:
     """Assert the dry run lists the 8 runs in order with the right environment; return its header."""
     header, wheels, install, runs = parse_plan(stdout)
     slug = header["GPU"]["slug"]
     assert re.fullmatch(r"[a-z0-9-]+", slug)
     assert header["SETTINGS"]["mode"] == ("full" if full else "smoke")
-    training, compare = COURSE_NOTEBOOKS[:3], COURSE_NOTEBOOKS[3:]  # comparisons last: the deadline skips them first
-    expected = [(regime, nb) for nb_group in (training, compare) for regime in ("native", "t4") for nb in nb_group]
+    # comparisons last: the deadline skips them first
+    training, compare = COURSE_NOTEBOOKS[:3], COURSE_NOTEBOOKS[3:]
+    expected = [
+        (regime, nb) for nb_group in (training, compare) for regime in ("native", "t4") for nb in nb_group
+    ]
     assert [(r["regime"], r["notebook"]) for r in runs] == expected
     assert [r["index"] for r in runs] == [f"{i}/8" for i in range(1, 9)]
     for run in runs:
@@ -174,19 +183,20 @@ def test_dry_run_flag(tmp_path):
 
 
 def test_full_dry_run_plans_the_real_budget(tmp_path):
-    """--full --dry-run: the same 8 runs without COURSE_SMOKE, into <slug>/full/<regime>, under a 9-minute deadline."""
+    """--full --dry-run: the same 8 runs without COURSE_SMOKE, into <slug>/full/<regime>, in 9 minutes."""
     (tmp_path / "wheels").mkdir()
     done = gpu_check("--full", "--dry-run", cwd=tmp_path, GPU_CHECK_WHEELS=str(tmp_path / "wheels"))
     assert done.returncode == 0, done.stdout + done.stderr
     header = check_plan(done.stdout, ROOT / "results" / "gpu", [], full=True)
     budget, timeout = float(header["SETTINGS"]["budget_s"]), float(header["SETTINGS"]["notebook_timeout_s"])
     assert budget + gpu_check_script.KILL_GRACE_S <= 9 * 60  # it ends within 9 minutes, the backstop included
-    assert 400 <= budget and timeout < budget - gpu_check_script.MIN_RUN_S  # one stuck notebook leaves room for more
+    # one stuck notebook leaves room for more
+    assert 400 <= budget and timeout < budget - gpu_check_script.MIN_RUN_S
     assert all(float(run["timeout_s"]) == timeout for run in parse_plan(done.stdout)[3])
 
 
 def test_mfu_counts_6n_for_full_and_4n_plus_2_trainable_for_adapters():
-    """FLOPs per token: 2 forward + 2 input-gradient per weight, 2 more per trainable weight; over the GPU's peak."""
+    """FLOPs per token: 2 forward + 2 input-gradient per weight, 2 more per trainable one; over the peak."""
     assert gpu_check_script.flops_per_token(1_000, 1_000) == 6_000  # full fine-tuning: 6 N
     assert gpu_check_script.flops_per_token(1_000, 10) == 4 * 990 + 6 * 10  # LoRA: 4 N_frozen + 6 N_trainable
     # 500 tokens/s x (4 x 2e9 + 2 x 1e9) FLOPs per token = 5e12 FLOP/s, over a 20e12 peak
@@ -205,13 +215,21 @@ def fake_results(method: str, total: int, trainable: int, tokens_per_second: flo
 
 
 def test_run_cost_from_a_results_file():
-    cost = gpu_check_script.run_cost(fake_results("lora", 1_010_000_000, 10_000_000, 10_000), "NVIDIA H200", 61.0)
-    assert cost["wall_s"] == 61.0 and cost["train_seconds"] == 12.5 and cost["train_tokens_per_second"] == 10_000
+    cost = gpu_check_script.run_cost(
+        fake_results("lora", 1_010_000_000, 10_000_000, 10_000), "NVIDIA H200", 61.0
+    )
+    assert (
+        cost["wall_s"] == 61.0 and cost["train_seconds"] == 12.5 and cost["train_tokens_per_second"] == 10_000
+    )
     assert cost["train_peak_allocated_bytes"] == 3 * 2**30 and cost["train_peak_reserved_bytes"] == 4 * 2**30
     assert cost["flops_per_token"] == 4 * 1_000_000_000 + 6 * 10_000_000
     assert cost["mfu"] == pytest.approx(10_000 * 4.06e9 / 989e12) and cost["mfu_note"] is None
     line = gpu_check_script.cost_line(cost)
-    assert "10,000 tokens/s" in line and "3.00 GiB allocated / 4.00 GiB reserved" in line and line.endswith("MFU 4.1%")
+    assert (
+        "10,000 tokens/s" in line
+        and "3.00 GiB allocated / 4.00 GiB reserved" in line
+        and line.endswith("MFU 4.1%")
+    )
     unknown = gpu_check_script.run_cost(fake_results("full", 100, 100, 5.0), "Some GPU", 1.0)
     assert unknown["mfu"] is None and unknown["peak_tflops"] is None and "'Some GPU'" in unknown["mfu_note"]
 
@@ -228,9 +246,9 @@ def test_gpu_check_runs_writes_check_json_and_packs_out(tmp_path):
         [
             new_markdown_cell("## 1. Environment"),
             new_code_cell(
-                "# NBVAL_CHECK_OUTPUT\nimport os\n"
-                "print('precision', os.environ['COURSE_PRECISION'], 'cap', os.environ.get('COURSE_GPU_MEMORY_GIB'))\n"
-                "print('smoke on:', os.environ['COURSE_SMOKE'] == '1')"
+                "# NBVAL_CHECK_OUTPUT\nimport os\nprint('precision', os.environ['COURSE_PRECISION'], 'cap', "
+                "os.environ.get('COURSE_GPU_MEMORY_GIB'))\nprint('smoke on:', "
+                "os.environ['COURSE_SMOKE'] == '1')"
             ),
         ],
     )
@@ -302,7 +320,7 @@ def test_a_failed_install_runs_nothing_and_says_why(tmp_path):
 
 
 def test_full_check_records_each_runs_cost(tmp_path):
-    """--full on CPU: no COURSE_SMOKE, results in cpu/full/<regime>, the cost read from the notebook's results file."""
+    """--full on CPU: no COURSE_SMOKE, results in cpu/full/<regime>, the cost from the notebook's results."""
     lora = write_notebook(
         tmp_path / "02_lora.ipynb",
         [new_code_cell(
@@ -335,17 +353,22 @@ def test_full_check_records_each_runs_cost(tmp_path):
 
 
 def test_check_files_name_no_machine_paths(tmp_path, monkeypatch):
-    """check.json names the scratch folder, the wheels' site and the Python install by label; the notebooks get real paths."""
+    """check.json labels the scratch folder, wheels' site and Python install; the notebooks get real paths."""
     scratch, site = tmp_path / "scratch", tmp_path / "site"
     monkeypatch.setenv("GPU_CHECK_SCRATCH", str(scratch))
     monkeypatch.setenv("GPU_CHECK_SITE", str(site))
     monkeypatch.setenv("GPU_CHECK_RESULTS", str(ROOT / "results" / "gpu"))
     monkeypatch.setenv("PYTHONPATH", f"{site}:{site}")
     check = gpu_check_script.Check("Fake GPU", "fake-gpu", cuda=False)
-    monkeypatch.setattr(check, "results_dir", lambda regime: tmp_path / "results" / regime)  # write nothing in the repo
+    # write nothing in the repo
+    monkeypatch.setattr(check, "results_dir", lambda regime: tmp_path / "results" / regime)
     packages, stdlib = sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"]
-    error = (f'File "{packages}/torch/nn/modules/module.py", line 1\nFile "{site}/transformers/trainer.py", line 2\n'
-             f'File "{stdlib}/asyncio/base_events.py", line 3\nin {Path.home()}/notes and {ROOT}/helpers/fit.py')
+    error = (
+        f'File "{packages}/torch/nn/modules/module.py", line 1\n'
+        f'File "{site}/transformers/trainer.py", line 2\n'
+        f'File "{stdlib}/asyncio/base_events.py", line 3\nin {Path.home()}/notes '
+        f"and {ROOT}/helpers/fit.py"
+    )
     for run in check.runs:
         run.record = {"status": "failed", "ok": False, "seconds": 1.0, "error": error,
                       "executed": str(check.executed_path(run))}
@@ -354,16 +377,24 @@ def test_check_files_name_no_machine_paths(tmp_path, monkeypatch):
         text = (tmp_path / "results" / regime / "check.json").read_text()
         assert machine_paths(text) == [] and str(tmp_path) not in text
         saved = json.loads(text)
-        assert saved["env"]["COURSE_RESULTS_DIR"] == f"results/gpu/fake-gpu/{regime}"  # in the repository: relative
+        # in the repository: relative
+        assert saved["env"]["COURSE_RESULTS_DIR"] == f"results/gpu/fake-gpu/{regime}"
         assert saved["env"]["COURSE_OUTPUT_DIR"] == f"<scratch>/{regime}/outputs"
         assert saved["env"]["COURSE_CACHE_DIR"] == "<scratch>/cache"
         assert saved["pythonpath"] == "<site>:<site>"
         run = saved["notebooks"]["02_lora.ipynb"]
         assert run["executed"] == f"<scratch>/executed/{regime}/02_lora.ipynb"
-        lines = run["error"].splitlines()  # the interpreter's folders: <site-packages>, <stdlib> or inside the repository
-        assert lines[0].endswith('/torch/nn/modules/module.py", line 1') and lines[2].endswith('/asyncio/base_events.py", line 3')
-        assert lines[1] == 'File "<site>/transformers/trainer.py", line 2' and lines[3] == "in ~/notes and helpers/fit.py"
-    assert check.runs[0].env["COURSE_OUTPUT_DIR"] == str(scratch.resolve() / "native" / "outputs")  # as it was
+        # the interpreter's folders: <site-packages>, <stdlib> or inside the repository
+        lines = run["error"].splitlines()
+        assert lines[0].endswith('/torch/nn/modules/module.py", line 1') and lines[2].endswith(
+            '/asyncio/base_events.py", line 3'
+        )
+        assert (
+            lines[1] == 'File "<site>/transformers/trainer.py", line 2'
+            and lines[3] == "in ~/notes and helpers/fit.py"
+        )
+    # as it was
+    assert check.runs[0].env["COURSE_OUTPUT_DIR"] == str(scratch.resolve() / "native" / "outputs")
 
 
 def test_committed_gpu_results_hold_no_machine_paths():
@@ -411,8 +442,15 @@ def test_run_course_out_and_summary(tmp_path):
         ],
     )
     before = source.read_bytes()
-    done = run_course("--out", str(tmp_path / "out"), "--summary", str(tmp_path / "summary.json"), "--no-compare",
-                      str(source), cwd=tmp_path)
+    done = run_course(
+        "--out",
+        str(tmp_path / "out"),
+        "--summary",
+        str(tmp_path / "summary.json"),
+        "--no-compare",
+        str(source),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert source.read_bytes() == before  # executed elsewhere, the source is untouched
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -433,8 +471,11 @@ def test_run_course_stops_at_a_failure_unless_keep_going(tmp_path):
                               outputs=[new_output("stream", name="stdout", text="stale: committed output\n")])
     bad = write_notebook(
         tmp_path / "bad.ipynb",
-        [new_code_cell("print('before the error')", metadata={"tags": ["nbval-check-output"]}), new_code_cell("1/0"),
-         never_ran],
+        [
+            new_code_cell("print('before the error')", metadata={"tags": ["nbval-check-output"]}),
+            new_code_cell("1/0"),
+            never_ran,
+        ],
     )
     good = write_notebook(tmp_path / "good.ipynb", [new_code_cell("print('fine')")])
     before = bad.read_bytes()
@@ -447,7 +488,8 @@ def test_run_course_stops_at_a_failure_unless_keep_going(tmp_path):
         summary = json.loads(summary_path.read_text())
         first, second = summary["notebooks"]
         assert first["status"] == "failed" and "ZeroDivisionError" in first["error"]
-        assert first["checks"] == {"0": "before the error\n"}  # the tagged golden cell; not the stale one after the error
+        # the tagged golden cell; not the stale one after the error
+        assert first["checks"] == {"0": "before the error\n"}
         assert nbformat.read(out / "bad.ipynb", as_version=4).cells[0].outputs  # saved as far as it ran
         assert second["status"] == good_status
         assert (out / "good.ipynb").exists() == keep_going
@@ -463,13 +505,20 @@ def test_run_course_timeout(tmp_path):
     assert entry["status"] == "timeout" and entry["seconds"] < 60
 
 
-needs_kit = pytest.mark.skipif(not any(KIT.glob("*.whl")), reason="no wheel kit: run bash scripts/gpu_wheels.sh")
+needs_kit = pytest.mark.skipif(
+    not any(KIT.glob("*.whl")), reason="no wheel kit: run bash scripts/gpu_wheels.sh"
+)
 
 
 @needs_kit
 def test_wheel_kit_passes_its_check():
-    done = subprocess.run(["bash", str(SCRIPTS / "gpu_wheels.sh"), "--check"], env=clean_env(), capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        ["bash", str(SCRIPTS / "gpu_wheels.sh"), "--check"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ERROR" not in done.stdout
 
@@ -482,27 +531,47 @@ def test_wheel_kit_check_catches_two_versions(tmp_path):
         (kit / wheel.name).symlink_to(wheel)
     [comm] = kit.glob("comm-*.whl")
     (kit / "comm-0.0.1-py3-none-any.whl").symlink_to(comm.resolve())
-    done = subprocess.run(["bash", str(SCRIPTS / "gpu_wheels.sh"), "--check"], env=clean_env(KIT_DIR=str(kit)),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        ["bash", str(SCRIPTS / "gpu_wheels.sh"), "--check"],
+        env=clean_env(KIT_DIR=str(kit)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1
     assert "ERROR two wheels of comm" in done.stdout
 
 
 def test_notebook_4_shows_each_full_budget_runs_cost(tmp_path, capsys):
-    """Issue 23: notebook 4 prints what a learner's run cost on the GPU, from check.json's per-notebook cost."""
+    """Notebook 4 prints what a learner's run cost on the GPU, from check.json's per-notebook cost."""
     from test_precision import run_cells
 
     from helpers.memory import format_bytes
 
-    cost = gpu_check_script.run_cost(fake_results("lora", 1_010_000_000, 10_000_000, 10_000), "NVIDIA H200", 61.0)
-    check = {"gpu": "NVIDIA H200", "regime": "native",
-             "notebooks": {"02_lora.ipynb": {"status": "ok", "cost": cost}, "03_qlora.ipynb": {"status": "skipped"}}}
+    cost = gpu_check_script.run_cost(
+        fake_results("lora", 1_010_000_000, 10_000_000, 10_000), "NVIDIA H200", 61.0
+    )
+    check = {
+        "gpu": "NVIDIA H200",
+        "regime": "native",
+        "notebooks": {
+            "02_lora.ipynb": {"status": "ok", "cost": cost},
+            "03_qlora.ipynb": {"status": "skipped"},
+        },
+    }
     folder = tmp_path / "results" / "gpu" / "nvidia-h200" / "full" / "native"
     folder.mkdir(parents=True)
     (folder / "check.json").write_text(json.dumps(check))
-    run_cells("04_compare.ipynb", ['full_checks = sorted('], {"ROOT": tmp_path, "json": json, "format_bytes": format_bytes})
+    run_cells(
+        "04_compare.ipynb",
+        ["full_checks = sorted("],
+        {"ROOT": tmp_path, "json": json, "format_bytes": format_bytes},
+    )
     out = capsys.readouterr().out
     assert "NVIDIA H200, native regime (full budget):" in out and "03_qlora.ipynb: skipped" in out
-    assert "02_lora.ipynb: 61 s in all, training 12 s at 10,000 tokens/s, train peak 3.00 GiB allocated, 4.00 GiB reserved, MFU 4%" in out
+    assert (
+        "02_lora.ipynb: 61 s in all, training 12 s at 10,000 tokens/s, "
+        "train peak 3.00 GiB allocated, 4.00 GiB reserved, MFU 4%" in out
+    )
     run_cells("04_compare.ipynb", ['full_checks = sorted('], {"ROOT": tmp_path / "none", "json": json})
     assert "No full-budget GPU run is committed yet" in capsys.readouterr().out

@@ -18,20 +18,17 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.utils import chat_template_utils
 
-from helpers.data import check_lengths, load_support, to_conversational
-from helpers.masking import tokenize_with_mask
-from helpers.models import (
+from helpers.chat import (
     CHAT_TEMPLATE,
     CHAT_TEMPLATE_KWARGS,
-    LLAMA_3_2_1B,
     LLAMA_3_2_STYLE_TEMPLATE,
-    SHRUNK_BODY,
-    TINY_MODEL_DIR,
-    llama_3_2_tokenizer,
-    llama_config,
     load_tokenizer,
     stop_token_ids,
 )
+from helpers.data import check_lengths, load_support, to_conversational
+from helpers.masking import tokenize_with_mask
+from helpers.shapes import LLAMA_3_2_1B, llama_config
+from helpers.stand_in import SHRUNK_BODY, TINY_MODEL_DIR, llama_3_2_tokenizer
 
 PINNED_HEADER = (
     "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
@@ -67,7 +64,9 @@ def tok_and_model(request, tiny_tok, random_tok):
     torch.manual_seed(0)
     if request.param == "tiny":
         return tiny_tok, AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
-    return random_tok, AutoModelForCausalLM.from_config(llama_config(LLAMA_3_2_1B, **SHRUNK_BODY, pad_token_id=128004))
+    return random_tok, AutoModelForCausalLM.from_config(
+        llama_config(LLAMA_3_2_1B, **SHRUNK_BODY, pad_token_id=128004)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +107,9 @@ def test_template_has_the_llama_3_2_structure(tiny_tok):
 
 @pytest.mark.parametrize("system_prompt", [None, SYSTEM_PROMPT], ids=["no-system", "system"])
 @pytest.mark.parametrize("which", ["tiny", "random-1b"])
-def test_mask_covers_system_header_user_turn_and_assistant_header(which, system_prompt, tiny_tok, random_tok, raw):
+def test_mask_covers_system_header_user_turn_and_assistant_header(
+    which, system_prompt, tiny_tok, random_tok, raw
+):
     tok = tiny_tok if which == "tiny" else random_tok
     eot = tok.convert_tokens_to_ids("<|eot_id|>")
     examples = to_conversational(raw, system_prompt=system_prompt, chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
@@ -124,7 +125,9 @@ def test_mask_covers_system_header_user_turn_and_assistant_header(which, system_
         )
         assert ids[:n_prompt] == ids_of(tok, prompt_text)  # exactly the prompt is masked ...
         assert labels[:n_prompt] == [-100] * n_prompt
-        assert labels[n_prompt:] == ids[n_prompt:] == ids_of(tok, original["completion"].strip() + "<|eot_id|>")
+        assert (
+            labels[n_prompt:] == ids[n_prompt:] == ids_of(tok, original["completion"].strip() + "<|eot_id|>")
+        )
         assert labels[-1] == eot  # ... and the answer is trained on, up to and including its end of turn
         api_checks.check_one_bos(ids, tok)
 
@@ -142,7 +145,8 @@ def test_trl_builds_the_same_labels_through_this_template(tok_and_model, raw, tm
     for row, ex in zip(trainer.train_dataset, examples, strict=True):
         ids, labels = tokenize_with_mask(tok, ex)
         assert row["labels"] == labels
-        assert row["input_ids"] == ids  # labels alone would match with any date: the prompt's labels are all -100
+        # labels alone would match with any date: the prompt's labels are all -100
+        assert row["input_ids"] == ids
     # TRL carried the pinned date from the examples' chat_template_kwargs into tokenization
     assert "Today Date: 26 Jul 2024\n\n" + SYSTEM_PROMPT in tok.decode(trainer.train_dataset[0]["input_ids"])
     assert tok.pad_token == "<|finetune_right_pad_id|>"  # TRL kept the course's pad token
@@ -176,7 +180,9 @@ def test_guards_on_this_template(tiny_tok, random_tok):
             api_checks.check_template_pinned(tok, {})
         api_checks.check_template_pinned(tok, CHAT_TEMPLATE_KWARGS)
         messages = [{"role": "user", "content": "Where is order 48213?"}]
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **CHAT_TEMPLATE_KWARGS)
+        text = tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **CHAT_TEMPLATE_KWARGS
+        )
         assert text.startswith("<|begin_of_text|>")
         with pytest.raises(ValueError, match=r"found it at positions \[0, 1\]"):
             api_checks.check_one_bos(tok(text)["input_ids"], tok)  # the template's BOS plus the tokenizer's

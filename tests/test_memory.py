@@ -137,11 +137,17 @@ def test_estimate_training_memory_arithmetic():
     }
 
     checkpointed = estimate_training_memory(**ESTIMATE_ARGS, gradient_checkpointing=True)
-    assert checkpointed["activations"] == 3 * (2 * 4 * 8 * 2) + 2 * per_layer + logits, "one layer rebuilt + its grads"
+    assert checkpointed["activations"] == 3 * (2 * 4 * 8 * 2) + 2 * per_layer + logits, (
+        "one layer rebuilt + its grads"
+    )
     eager = estimate_training_memory(**ESTIMATE_ARGS, attention="eager")
-    assert eager["activations"] == 3 * (per_layer + 2 * 4 * 2 * 4 * 2) + logits, "eager keeps heads x seq per token"
+    assert eager["activations"] == 3 * (per_layer + 2 * 4 * 2 * 4 * 2) + logits, (
+        "eager keeps heads x seq per token"
+    )
     scored = estimate_training_memory(**ESTIMATE_ARGS, loss_tokens=3)
-    assert scored["activations"] == 3 * per_layer + 3 * 10 * (2 + 8), "on CUDA TRL scores only labelled positions"
+    assert scored["activations"] == 3 * per_layer + 3 * 10 * (2 + 8), (
+        "on CUDA TRL scores only labelled positions"
+    )
     float32_stream = estimate_training_memory(**ESTIMATE_ARGS, residual_bytes=4)
     assert float32_stream["activations"] == 3 * 2 * 4 * (10 * 8 * 4 + 4 * 16 * 2) + logits
     with pytest.raises(ValueError, match="Unknown attention 'flash'"):
@@ -152,7 +158,9 @@ def test_estimate_training_memory_arithmetic():
     assert estimate_training_memory(**ESTIMATE_ARGS, optimizer="sgd")["optimizer_states"] == 0
     embedding = estimate_training_memory(**ESTIMATE_ARGS, optimizer="paged_adamw_8bit", embedding_params=10)
     assert embedding["optimizer_states"] == 200 + 10 * 6, "8-bit AdamW keeps embedding states in 32 bits"
-    assert embedding["total_on_gpu"] == embedding["total"] - embedding["optimizer_states"], "paged states can leave the GPU"
+    assert embedding["total_on_gpu"] == embedding["total"] - embedding["optimizer_states"], (
+        "paged states can leave the GPU"
+    )
     fits, why = fit_verdict(embedding, embedding["total_on_gpu"], where="a GPU", margin=0)
     assert fits and "plus 260 B of paged optimizer states that can move to CPU memory" in why
     assert "total_on_gpu" not in estimate_training_memory(**ESTIMATE_ARGS, optimizer="adamw_8bit")
@@ -168,13 +176,15 @@ def test_estimate_training_memory_arithmetic():
 def test_estimate_weight_bytes_matches_bitsandbytes_on_the_tiny_model():
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from helpers.models import TINY_MODEL_DIR
+    from helpers.stand_in import TINY_MODEL_DIR
 
     config = BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.float32,
     )
-    quantized = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, quantization_config=config, dtype=torch.float32)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        TINY_MODEL_DIR, quantization_config=config, dtype=torch.float32
+    )
     measured = bytes_by_dtype(quantized)
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(quantized.config)
@@ -188,7 +198,12 @@ def test_estimate_weight_bytes_matches_bitsandbytes_on_the_tiny_model():
 
 
 def test_fit_verdict_says_why():
-    estimate = {"weights": 6 * 2**30, "optimizer_states": 8 * 2**30, "activations": 2**30, "total": 15 * 2**30}
+    estimate = {
+        "weights": 6 * 2**30,
+        "optimizer_states": 8 * 2**30,
+        "activations": 2**30,
+        "total": 15 * 2**30,
+    }
     fits, why = fit_verdict(estimate, 16 * 2**30, where="Tesla T4")
     assert not fits
     assert why.startswith("does not fit on Tesla T4: needs about 15.00 GiB")
@@ -276,7 +291,7 @@ def test_memory_tracker_record_and_table():
 def test_count_parameters_counts_tied_weights_once_on_the_meta_device():
     from transformers import AutoModelForCausalLM
 
-    from helpers.models import LLAMA_3_2_1B, llama_config
+    from helpers.shapes import LLAMA_3_2_1B, llama_config
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(llama_config(LLAMA_3_2_1B))
@@ -287,9 +302,11 @@ GPU_RESULTS = sorted((ROOT / "results" / "gpu").glob("*/*/*.json"))
 NOTEBOOK_ROWS = [p for p in GPU_RESULTS if p.stem in ("full", "lora", "qlora")]
 
 
-@pytest.mark.parametrize("path", NOTEBOOK_ROWS, ids=[f"{p.parent.parent.name}-{p.parent.name}-{p.stem}" for p in NOTEBOOK_ROWS])
+@pytest.mark.parametrize(
+    "path", NOTEBOOK_ROWS, ids=[f"{p.parent.parent.name}-{p.parent.name}-{p.stem}" for p in NOTEBOOK_ROWS]
+)
 def test_the_estimator_is_within_10_percent_of_the_gpu_runs_train_peak(path):
-    """Issue 23: in the notebooks' settings, in both regimes, estimate / measured train peak allocated in 0.9-1.1."""
+    """In the notebooks' settings, in both regimes, estimate / measured train peak allocated is in 0.9-1.1."""
     result = json.loads(path.read_text(encoding="utf-8"))
     measured = result["peak_memory"]["train"]["peak_bytes"]
     estimate = run_estimate(result)
@@ -306,13 +323,16 @@ def test_the_gpu_runs_cover_every_method_in_both_regimes():
 
 
 def test_the_fit_estimate_follows_the_rank_and_layers_the_notebooks_trained():
-    """Issue 25: notebook 4's "will it fit?" reads r and the targets from notebooks 2 and 3, not a typed-in 16."""
+    """Notebook 4's "will it fit?" reads r and the targets from notebooks 2 and 3, not a typed-in 16."""
     from helpers.fit import method_estimate, planned_estimate
-    from helpers.models import LLAMA_3_2_1B
+    from helpers.shapes import LLAMA_3_2_1B
 
     shape = {"seq_len": 256, "batch_size": 4}
     base = method_estimate(LLAMA_3_2_1B, "lora", **shape, lora_r=16)
-    assert method_estimate(LLAMA_3_2_1B, "lora", **shape, lora_r=64)["optimizer_states"] == 4 * base["optimizer_states"]
+    assert (
+        method_estimate(LLAMA_3_2_1B, "lora", **shape, lora_r=64)["optimizer_states"]
+        == 4 * base["optimizer_states"]
+    )
     q_v = method_estimate(LLAMA_3_2_1B, "lora", **shape, lora_r=16, target_modules=["q_proj", "v_proj"])
     assert q_v["optimizer_states"] < base["optimizer_states"] / 5
     _, planned, _ = planned_estimate(LLAMA_3_2_1B, "qlora", 80 * 2**30, where="H100", **shape, lora_r=64)
@@ -320,7 +340,7 @@ def test_the_fit_estimate_follows_the_rank_and_layers_the_notebooks_trained():
 
 
 def test_todays_recipe_estimates_an_old_qlora_run_as_notebook_3_trains_now():
-    """Notebook 4 shows what today's QLoRA recipe would need in the settings of a run made before issue 23."""
+    """Notebook 4 shows what today's QLoRA recipe would need in a run made with PEFT's float32 upcast."""
     path = next(p for p in NOTEBOOK_ROWS if p.stem == "qlora")
     old = json.loads(path.read_text(encoding="utf-8"))
     assert "embedding_dtype" not in old["config"]

@@ -19,8 +19,9 @@ from transformers import (
     LogitsProcessorList,
 )
 
-from helpers import models
+from helpers import models, shapes, stand_in
 from helpers.artifacts import atomic_dir
+from helpers.chat import CHAT_TEMPLATE_KWARGS, LLAMA_3_2_STYLE_TEMPLATE, load_tokenizer, stop_token_ids
 from helpers.checks import check_special_tokens
 from helpers.data import check_lengths, load_support, to_conversational
 from helpers.evaluate import (
@@ -30,23 +31,16 @@ from helpers.evaluate import (
     longest_first,
     reply_scores,
     task_accuracy,
-    wilson_interval,
 )
 from helpers.masking import tokenize_with_mask
-from helpers.models import (
-    CHAT_TEMPLATE_KWARGS,
-    LLAMA_3_2_1B,
+from helpers.models import choose_model, resolve_profile
+from helpers.shapes import LLAMA_3_2_1B, llama_config
+from helpers.stand_in import (
     LLAMA_3_2_SPECIAL_TOKENS,
-    LLAMA_3_2_STYLE_TEMPLATE,
     SHRUNK_BODY,
     TINY_MODEL_DIR,
     build_random_llama,
-    choose_model,
     llama_3_2_tokenizer,
-    llama_config,
-    load_tokenizer,
-    resolve_profile,
-    stop_token_ids,
 )
 
 # Llama 3.2 1B Instruct's special-token ids, as its tokenizer and configs publish them.
@@ -95,7 +89,9 @@ def test_helpers_read_no_course_variable_the_parameters_cell_does(monkeypatch):
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if re.search(r"environ[^\n]*COURSE_", line)
     ]
-    assert not reads, f"helpers read COURSE_* variables (read them in the notebooks' parameters cell): {reads}"
+    assert not reads, (
+        f"helpers read COURSE_* variables (read them in the notebooks' parameters cell): {reads}"
+    )
 
 
 def test_auto_profile_follows_hardware():
@@ -111,7 +107,10 @@ def test_unknown_profile_lists_the_choices():
 
 def test_real_profile_uses_hub_id_and_its_override():
     assert choose_model("hub").path == "meta-llama/Llama-3.2-1B-Instruct"
-    assert choose_model("hub", "HuggingFaceTB/SmolLM2-135M-Instruct").path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (
+        choose_model("hub", "HuggingFaceTB/SmolLM2-135M-Instruct").path
+        == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
 
 
 def test_missing_tiny_model_names_the_build_command(monkeypatch, tmp_path):
@@ -191,9 +190,12 @@ def test_eval_loss_is_finite_and_batch_size_independent(model, tokenizer, exampl
     b = eval_loss(model, tokenizer, examples["validation"], batch_size=3)
     assert math.isfinite(a["eval_loss"]) and a["perplexity"] == pytest.approx(math.exp(a["eval_loss"]))
     assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-4)
-    assert a["per_example"] == pytest.approx(b["per_example"], rel=1e-4) and len(a["per_example"]) == len(examples["validation"])
+    assert a["per_example"] == pytest.approx(b["per_example"], rel=1e-4) and len(a["per_example"]) == len(
+        examples["validation"]
+    )
     one = eval_loss(model, tokenizer, examples["validation"].select([2]), batch_size=1)
-    assert a["per_example"][2] == pytest.approx(one["eval_loss"], rel=1e-4)  # each example's own loss, in dataset order
+    # each example's own loss, in dataset order
+    assert a["per_example"][2] == pytest.approx(one["eval_loss"], rel=1e-4)
 
 
 def test_text_loss_scores_each_text_on_its_own(model, tokenizer):
@@ -209,8 +211,10 @@ def test_text_loss_scores_each_text_on_its_own(model, tokenizer):
 
 
 def test_evaluation_batches_are_mostly_real_tokens(model, tokenizer):
-    """Issue 14: at most 5% of the positions an evaluation batch computes are padding (longest-first batches)."""
-    validation = to_conversational(load_support({"validation": 200})["validation"], chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
+    """At most 5% of the positions an evaluation batch computes are padding (longest-first batches)."""
+    validation = to_conversational(
+        load_support({"validation": 200})["validation"], chat_template_kwargs=CHAT_TEMPLATE_KWARGS
+    )
     assert eval_loss(model, tokenizer, validation, batch_size=16)["padding_share"] <= 0.05
     assert longest_first([3, 9, 1, 9]) in ([1, 3, 0, 2], [3, 1, 0, 2])
 
@@ -256,7 +260,7 @@ def test_published_parameter_counts_on_the_meta_device(spec, expected):
     from helpers.memory import count_parameters
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(llama_config(getattr(models, spec)))
+        model = AutoModelForCausalLM.from_config(llama_config(getattr(shapes, spec)))
     assert count_parameters(model)[1] == expected
 
 
@@ -299,11 +303,14 @@ def test_random_profile_folder_matches_llama_3_2(shrunk_profile):
     assert "pad_token" not in saved and saved["eos_token"] == "<|eot_id|>"
     with safe_open(str(shrunk_profile / "model.safetensors"), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
-    assert json.loads((shrunk_profile / models.BUILD_MARKER).read_text())["version"] == models.RANDOM_1B_BUILD_VERSION
+    assert (
+        json.loads((shrunk_profile / stand_in.BUILD_MARKER).read_text())["version"]
+        == stand_in.RANDOM_1B_BUILD_VERSION
+    )
 
 
 class ForceToken(LogitsProcessor):
-    """Make greedy decoding pick `token` once `after` new tokens exist (random weights never stop by themselves)."""
+    """Make greedy decoding pick `token` once `after` new tokens exist (random weights never stop alone)."""
 
     def __init__(self, prompt_len: int, after: int, token: int):
         self.prompt_len, self.after, self.token = prompt_len, after, token
@@ -321,7 +328,9 @@ def test_random_profile_runs_a_step_and_generates(shrunk_profile):
     check_special_tokens(model, tokenizer)  # refused every notebook before the fix
     assert tokenizer.pad_token_id == 128004 and stop_token_ids(tokenizer) == [128009, 128008, 128001]
 
-    examples = to_conversational(load_support({"train": 2})["train"], chat_template_kwargs=CHAT_TEMPLATE_KWARGS)
+    examples = to_conversational(
+        load_support({"train": 2})["train"], chat_template_kwargs=CHAT_TEMPLATE_KWARGS
+    )
     ids, labels = tokenize_with_mask(tokenizer, examples[0])
     assert check_lengths(examples, tokenizer, 256)["max"] >= len(ids)
     assert ids[0] == 128000 and labels[-1] == 128009 and -100 in labels
@@ -329,7 +338,8 @@ def test_random_profile_runs_a_step_and_generates(shrunk_profile):
     model.train()
     loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
     loss.backward()
-    assert abs(loss.item() - math.log(128256)) < 0.5  # random weights: about uniform over the whole vocabulary
+    # random weights: about uniform over the whole vocabulary
+    assert abs(loss.item() - math.log(128256)) < 0.5
     assert model.model.embed_tokens.weight.grad[128009].abs().sum() > 0  # end of turn is trained on
 
     model.eval()
@@ -352,7 +362,7 @@ def test_random_profile_runs_a_step_and_generates(shrunk_profile):
 
 
 def test_tiny_tokenizer_with_the_1b_config_is_refused(tmp_path):
-    """The old random-1B build (Llama 3.2 1B config, tiny tokenizer) fails the special-token guard; the new passes."""
+    """The old random-1B build (1B config, tiny tokenizer) fails the special-token guard; the new passes."""
     tiny = load_tokenizer(str(TINY_MODEL_DIR))
     with torch.device("meta"):
         old = LlamaForCausalLM(llama_config(LLAMA_3_2_1B, pad_token_id=tiny.pad_token_id))
@@ -385,8 +395,9 @@ def test_stale_random_profile_folder_is_rebuilt(monkeypatch, tmp_path):
     choice = choose_model("llama-3.2-1b-random")
     assert built == [stale] and choice.path == str(stale)
     assert len(AutoTokenizer.from_pretrained(choice.path)) == 128256
-    assert models.is_current_build(stale, **SHRUNK_BODY) and not models.is_current_build(stale)  # not full size
-    marker = stale / models.BUILD_MARKER  # make the shrunk folder pass for a current full-size one
+    # built with the shrunk body: not current at full size
+    assert stand_in.is_current_build(stale, **SHRUNK_BODY) and not stand_in.is_current_build(stale)
+    marker = stale / stand_in.BUILD_MARKER  # make the shrunk folder pass for a current full-size one
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "body": {}}))
     choose_model("llama-3.2-1b-random")
     assert built == [stale]  # a current folder is reused, not rebuilt
@@ -410,23 +421,26 @@ class _Copier(torch.nn.Module):
 def test_copy_probe_tells_a_copier_from_the_tiny_model(tokenizer, model):
     digits = [str(d) for d in range(10)]
     copier = copy_probe(_Copier(len(tokenizer), 30), tokenizer, digits, length=30, n=4)
-    assert copier["first_copy"] == pytest.approx(math.log(len(tokenizer)), rel=1e-3)  # uniform: nothing to copy yet
+    # uniform: nothing to copy yet
+    assert copier["first_copy"] == pytest.approx(math.log(len(tokenizer)), rel=1e-3)
     assert copier["ratio"] < 1e-6
     tiny = copy_probe(model, tokenizer, digits, length=30, n=4)
     assert all(math.isfinite(v) and v > 0 for v in tiny.values())
 
 
 def test_the_shipped_base_copies_from_its_context(tokenizer, model):
-    """Issue 11: on held-out random digit and word strings, the repeat costs at most a third of the first pass."""
+    """On held-out random digit and word strings, the repeat costs at most a third of the first pass."""
     build = load_script("build_tiny_model")
     CORPUS, probe_pools = build.CORPUS, build.probe_pools
     paragraphs = [line.strip() for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
     pools = probe_pools(tokenizer, paragraphs)
     assert len(pools["words"]) > 100
-    measured = {name: copy_probe(model, tokenizer, pool, length=30, n=32, seed=12345) for name, pool in pools.items()}
+    measured = {
+        name: copy_probe(model, tokenizer, pool, length=30, n=32, seed=12345) for name, pool in pools.items()
+    }
     for name, probe in measured.items():
         assert probe["ratio"] <= 1 / 3, f"{name}: {probe}"
-    shipped = json.loads((models.TINY_MODEL_DIR / "build_info.json").read_text())["copy_probe"][-1]
+    shipped = json.loads((TINY_MODEL_DIR / "build_info.json").read_text())["copy_probe"][-1]
     assert {name: shipped[name]["ratio"] for name in pools} == pytest.approx(
         {name: probe["ratio"] for name, probe in measured.items()}, abs=0.01
     )  # build_info.json tells the truth about these weights
@@ -435,14 +449,3 @@ def test_the_shipped_base_copies_from_its_context(tokenizer, model):
 def test_copy_probe_refuses_strings_of_several_tokens(tokenizer, model):
     with pytest.raises(ValueError, match="one token each"):
         copy_probe(model, tokenizer, ["12", "a sentence of several tokens"])
-
-
-@pytest.mark.parametrize(
-    ("rate", "n", "expected"),
-    [(0.08, 100, (0.0411, 0.1500)), (0.0, 10, (0.0, 0.2775)), (1.0, 10, (0.7225, 1.0)), (0.5, 300, (0.4437, 0.5563))],
-)
-def test_wilson_interval_matches_published_values(rate, n, expected):
-    low, high = wilson_interval(rate, n)
-    assert (low, high) == pytest.approx(expected, abs=1e-4)
-    with pytest.raises(ValueError, match="at least one example"):
-        wilson_interval(0.5, 0)

@@ -1,4 +1,4 @@
-"""Static checks of the committed notebooks: one clean run, honest first output, the lesson's calls in cells."""
+"""Static checks of the committed notebooks: a clean run, honest first output, the lesson's calls in cells."""
 
 from __future__ import annotations
 
@@ -13,10 +13,24 @@ ALL = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 TRAINING = ["01_full_finetuning.ipynb", "02_lora.ipynb", "03_qlora.ipynb"]
 LESSON_CALLS = {
     "01_full_finetuning.ipynb": ["SFTConfig(", "SFTTrainer(", "save_pretrained(", "pipeline("],
-    "02_lora.ipynb": ["LoraConfig(", "get_peft_model(", "SFTConfig(", "SFTTrainer(", "merge_and_unload(", "pipeline("],
+    "02_lora.ipynb": [
+        "LoraConfig(",
+        "get_peft_model(",
+        "SFTConfig(",
+        "SFTTrainer(",
+        "merge_and_unload(",
+        "pipeline(",
+    ],
     "03_qlora.ipynb": [
-        "BitsAndBytesConfig(", "prepare_model_for_kbit_training(", "LoraConfig(", "get_peft_model(",
-        "SFTConfig(", "SFTTrainer(", "merge_and_unload(", ".dequantize()", "pipeline(",
+        "BitsAndBytesConfig(",
+        "prepare_model_for_kbit_training(",
+        "LoraConfig(",
+        "get_peft_model(",
+        "SFTConfig(",
+        "SFTTrainer(",
+        "merge_and_unload(",
+        ".dequantize()",
+        "pipeline(",
     ],
 }
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -56,7 +70,11 @@ def test_training_notebooks_share_their_section_headings():
 def test_training_notebooks_share_the_parameters_cell():
     """Same data, budget, length and seed: the parameters cells are identical."""
     cells = {
-        name: next("".join(c["source"]) for c in code_cells(load(NOTEBOOKS / name)) if "parameters" in c["metadata"].get("tags", []))
+        name: next(
+            "".join(c["source"])
+            for c in code_cells(load(NOTEBOOKS / name))
+            if "parameters" in c["metadata"].get("tags", [])
+        )
         for name in TRAINING
     }
     assert len(set(cells.values())) == 1, "the parameters cells differ between the training notebooks"
@@ -85,12 +103,14 @@ def test_sections_said_to_be_the_same_as_notebook_1_are(name):
     assert len(said_same) >= 5
     mine, first = section_code(nb), section_code(load(NOTEBOOKS / TRAINING[0]))
     for head in said_same:
-        assert mine[head] == first[head], f"{name}, {head}: says 'Same code as notebook 1' but the code differs"
+        assert mine[head] == first[head], (
+            f"{name}, {head}: says 'Same code as notebook 1' but the code differs"
+        )
 
 
 @pytest.mark.parametrize("name", TRAINING)
 def test_committed_results_come_from_the_committed_notebook(name):
-    """results/<method>.json exists, is complete, and its accuracy appears in the notebook's stored summary."""
+    """results/<method>.json exists, is complete, and its accuracy is in the notebook's stored summary."""
     from helpers.results import RESULT_KEYS, load_results
 
     method = {"01": "full", "02": "lora", "03": "qlora"}[name[:2]]
@@ -101,8 +121,14 @@ def test_committed_results_come_from_the_committed_notebook(name):
     from helpers.evaluate import with_interval
 
     n = results["test_examples"]
-    assert f"before: task accuracy (all three fields exact) {with_interval(results['accuracy_before'], n)}" in summary
-    assert f"after:  task accuracy (all three fields exact) {with_interval(results['accuracy_after'], n)}" in summary
+    assert (
+        f"before: task accuracy (all three fields exact) {with_interval(results['accuracy_before'], n)}"
+        in summary
+    )
+    assert (
+        f"after:  task accuracy (all three fields exact) {with_interval(results['accuracy_after'], n)}"
+        in summary
+    )
     assert f"Profile {results['profile']} on {results['device']}" in summary
 
 
@@ -117,10 +143,15 @@ def test_outputs_come_from_one_clean_run(path):
 
 
 MACHINE_PATH = re.compile(r"(/work/|/home/|/root/|/Users/|/tmp/|site-packages)")
-LEFTOVERS = {"a progress-bar frame": re.compile(r"it/s\]"), "a machine path": MACHINE_PATH,
-             "an object repr": re.compile(r" at 0x[0-9a-f]+"),
-             "a display object's plain-text repr (the Trainer's HTML progress bar)": re.compile(r"<IPython\.core\.display\."),
-             "a Trainer log line (its text progress bar's)": re.compile(r"\{'(loss|train_runtime)': ")}
+LEFTOVERS = {
+    "a progress-bar frame": re.compile(r"it/s\]"),
+    "a machine path": MACHINE_PATH,
+    "an object repr": re.compile(r" at 0x[0-9a-f]+"),
+    "a display object's plain-text repr (the Trainer's HTML progress bar)": re.compile(
+        r"<IPython\.core\.display\."
+    ),
+    "a Trainer log line (its text progress bar's)": re.compile(r"\{'(loss|train_runtime)': "),
+}
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
@@ -135,7 +166,10 @@ def test_stored_outputs_hold_no_progress_bars_machine_paths_or_object_reprs(path
 
 def test_results_and_build_info_hold_no_machine_paths():
     root = NOTEBOOKS.parent
-    for path in [*sorted((root / "results").glob("*.json")), root / "models" / "tiny-llama-support" / "build_info.json"]:
+    for path in [
+        *sorted((root / "results").glob("*.json")),
+        root / "models" / "tiny-llama-support" / "build_info.json",
+    ]:
         assert not MACHINE_PATH.search(path.read_text(encoding="utf-8")), f"{path.name} holds a machine path"
 
 
@@ -170,7 +204,9 @@ def test_every_exercise_has_a_hint_to_open_after_trying(path):
     exercises, _, hints = last.partition("<details>")
     count = len(re.findall(r"^\d+\. ", exercises, re.M))
     assert count >= 3, f"{path.name}: the last cell lists the exercises"
-    assert "<summary>" in hints and "</details>" in hints, f"{path.name}: hints are collapsed under the exercises"
+    assert "<summary>" in hints and "</details>" in hints, (
+        f"{path.name}: hints are collapsed under the exercises"
+    )
     assert len(re.findall(r"^\d+\. ", hints, re.M)) == count, f"{path.name}: one hint per exercise"
 
 @pytest.mark.parametrize("name", sorted(LESSON_CALLS))
@@ -182,12 +218,13 @@ def test_lesson_calls_are_written_in_the_notebook(name):
 
 # A figure that reads like a measurement: a number with a unit of memory, time, speed, share or speed-up.
 RESULT_LIKE = re.compile(
-    r"(?<![\w.])\d[\d,.]*\s*(?:%|percent\b|tokens/s\b|tokens per second\b|[GMK]iB\b|[GMK]B\b|s\b|seconds?\b|min\b"
-    r"|minutes?\b|hours?\b)|(?<![\w.])\d+(?:\.\d+)?x\b"
+    r"(?<![\w.])\d[\d,.]*\s*(?:%|percent\b|tokens/s\b|tokens per second\b|[GMK]iB\b|[GMK]B\b"
+    r"|s\b|seconds?\b|min\b|minutes?\b|hours?\b)|(?<![\w.])\d+(?:\.\d+)?x\b"
 )
 # Figures that are not this course's results, each with why. Anything else must be printed by a code cell.
 NOT_OUR_RESULTS = {
-    r"(?:T4|L4|A10G|A100|H100|H200|RTX 4090|GPU)\s\d+ GB|\d+ GB (?:T4|L4|A100|H100|GPU)": "a GPU's published memory",
+    r"(?:T4|L4|A10G|A100|H100|H200|RTX 4090|GPU)\s\d+ GB"
+    r"|\d+ GB (?:T4|L4|A100|H100|GPU)": "a GPU's published memory",
     r"\(\d+ MiB in `nvidia-smi`": "a T4's memory as nvidia-smi reports it (published)",
     r"memory capped at \d+ GiB|(?:the|a) \d+ GiB cap": "the T4 regime's cap: a setting, not a result",
     r"95% (?:interval|confidence)": "the confidence level of an interval: a setting",
@@ -213,9 +250,12 @@ def test_the_figure_scan_catches_typed_in_results():
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_markdown_types_in_no_result(path):
-    """Issue 24: figures from this course's runs are printed by code cells from results files, never typed."""
+    """Figures from this course's runs are printed by code cells from results files, never typed."""
     found = []
     for index, cell in enumerate(load(path)["cells"]):
         if cell["cell_type"] == "markdown":
             found += [f"cell {index}: {figure}" for figure in unsourced_figures("".join(cell["source"]))]
-    assert not found, f"{path.name}: typed-in figures (print them from a code cell, or list why they are not results): {found}"
+    assert not found, (
+        f"{path.name}: typed-in figures "
+        f"(print them from a code cell, or list why they are not results): {found}"
+    )

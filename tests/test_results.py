@@ -232,7 +232,11 @@ def test_notebook_fingerprint_follows_code_not_outputs(tmp_path):
     from helpers.results import notebook_fingerprint
 
     def write(code: str, output: str) -> Path:
-        cell = {"cell_type": "code", "source": [code], "outputs": [{"output_type": "stream", "text": [output]}]}
+        cell = {
+            "cell_type": "code",
+            "source": [code],
+            "outputs": [{"output_type": "stream", "text": [output]}],
+        }
         path = tmp_path / "nb.ipynb"
         path.write_text(json.dumps({"cells": [cell, {"cell_type": "markdown", "source": ["# t"]}]}))
         return path

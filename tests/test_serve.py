@@ -1,6 +1,7 @@
-"""The local API (scripts/serve.py, transformers serve): it answers as the model does, streams, and rejects bad requests.
+"""The local API (scripts/serve.py): it answers as the model does, streams, and rejects bad requests.
 
-One server process with the tiny model serves every request test; it is stopped (its process group killed) at the end.
+One server process with the tiny model serves every request test; it is stopped (its process group
+killed) at the end.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import ROOT as REPO_ROOT
-from helpers.models import TINY_MODEL_DIR
+from helpers.stand_in import TINY_MODEL_DIR
 
 serve = load_script("serve")
 
@@ -96,14 +97,18 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def reply(client):
-    answer = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0)
+    answer = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0
+    )
     return answer.choices[0].message.content
 
 
 def test_the_reply_is_the_models_own_greedy_generation(reply):
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
     model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype="auto").eval()
-    inputs = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         out = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_TOKENS)
     expected = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -124,28 +129,66 @@ BAD_REQUESTS = {
     "empty messages": (json.dumps({"model": MODEL, "messages": []}), 400, "non-empty list"),
     "unknown model": (json.dumps({"model": "no-such-model", "messages": MESSAGES}), 400, "pinned to"),
     "too long": (
-        json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "order " * 3000}], "max_tokens": 8}),
+        json.dumps(
+            {"model": MODEL, "messages": [{"role": "user", "content": "order " * 3000}], "max_tokens": 8}
+        ),
         400,
         "maximum context length is 2048",
     ),
     "malformed JSON": ('{"model": "' + MODEL + '", "messages": [', 422, "JSON decode error"),
     "not an object": ("[1, 2]", 422, "must be a JSON object"),
-    "unknown role": (json.dumps({"model": MODEL, "messages": [{"role": "boss", "content": "hi"}]}), 400, "messages[0].role"),
+    "unknown role": (
+        json.dumps({"model": MODEL, "messages": [{"role": "boss", "content": "hi"}]}),
+        400,
+        "messages[0].role",
+    ),
     "missing role": (json.dumps({"model": MODEL, "messages": [{"content": "hi"}]}), 400, "messages[0].role"),
-    "numeric role": (json.dumps({"model": MODEL, "messages": [{"role": 3, "content": "hi"}]}), 400, "messages[0].role"),
-    "null content": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": None}]}), 400, "messages[0].content"),
-    "negative max_tokens": (json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": -3}), 400, "`max_tokens` must be"),
-    "text max_tokens": (json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": "lots"}), 400, "`max_tokens` must be"),
-    "negative temperature": (json.dumps({"model": MODEL, "messages": MESSAGES, "temperature": -1}), 400, "`temperature` must"),
+    "numeric role": (
+        json.dumps({"model": MODEL, "messages": [{"role": 3, "content": "hi"}]}),
+        400,
+        "messages[0].role",
+    ),
+    "null content": (
+        json.dumps({"model": MODEL, "messages": [{"role": "user", "content": None}]}),
+        400,
+        "messages[0].content",
+    ),
+    "negative max_tokens": (
+        json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": -3}),
+        400,
+        "`max_tokens` must be",
+    ),
+    "text max_tokens": (
+        json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": "lots"}),
+        400,
+        "`max_tokens` must be",
+    ),
+    "negative temperature": (
+        json.dumps({"model": MODEL, "messages": MESSAGES, "temperature": -1}),
+        400,
+        "`temperature` must",
+    ),
     "an image, no text": (
         json.dumps({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
         400,
         "reads text only",
     ),
     "no choices": (json.dumps({"model": MODEL, "messages": MESSAGES, "n": 0}), 400, "`n` must be 1"),
-    "two choices": (json.dumps({"model": MODEL, "messages": MESSAGES, "n": 2}), 400, "one choice per request"),
-    "logprobs as text": (json.dumps({"model": MODEL, "messages": MESSAGES, "logprobs": "many"}), 400, "`logprobs` must"),
-    "logprobs asked for": (json.dumps({"model": MODEL, "messages": MESSAGES, "logprobs": True}), 400, "log-probabilities"),
+    "two choices": (
+        json.dumps({"model": MODEL, "messages": MESSAGES, "n": 2}),
+        400,
+        "one choice per request",
+    ),
+    "logprobs as text": (
+        json.dumps({"model": MODEL, "messages": MESSAGES, "logprobs": "many"}),
+        400,
+        "`logprobs` must",
+    ),
+    "logprobs asked for": (
+        json.dumps({"model": MODEL, "messages": MESSAGES, "logprobs": True}),
+        400,
+        "log-probabilities",
+    ),
 }
 
 
@@ -161,14 +204,30 @@ def test_a_bad_request_gets_a_4xx_that_says_why_and_the_server_goes_on(server, c
 
 ODD_VALUES = [None, True, -1, 0, 3.5, 1e9, "x", "", [], {}, [1], {"a": 1}, ["a", 2], {"999999": 1}]
 FUZZED_FIELDS = [
-    "model", "messages", "stream", "max_tokens", "max_completion_tokens", "temperature", "top_p", "frequency_penalty",
-    "seed", "stop", "logit_bias", "tools", "chat_template_kwargs", "generation_config", "role", "content",
-    "n", "logprobs", "top_logprobs",
+    "model",
+    "messages",
+    "stream",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "frequency_penalty",
+    "seed",
+    "stop",
+    "logit_bias",
+    "tools",
+    "chat_template_kwargs",
+    "generation_config",
+    "role",
+    "content",
+    "n",
+    "logprobs",
+    "top_logprobs",
 ]
 
 
 def test_no_field_of_any_type_gets_a_500(server):
-    """Issue 26: every field, every odd value: a 2xx or a 4xx in OpenAI's shape, never a 500."""
+    """Every field, every odd value: a 2xx or a 4xx in OpenAI's shape, never a 500."""
     answers = {}
     for field in FUZZED_FIELDS:
         for value in ODD_VALUES:
@@ -199,7 +258,9 @@ def test_a_port_in_use_is_named_before_the_model_loads():
 
 @pytest.mark.parametrize("folder", ["no/such/folder", "data"])
 def test_a_folder_that_is_not_a_model_is_named_with_the_fix(folder):
-    done = subprocess.run([*SERVE, "--model", folder], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*SERVE, "--model", folder], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1
     assert folder in done.stderr and "MODEL=models/tiny-llama-support" in done.stderr
 
@@ -208,13 +269,17 @@ def test_an_adapter_is_merged_into_its_base_once(tmp_path, monkeypatch):
     monkeypatch.setattr(serve, "MERGED_DIR", tmp_path / "merged")
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype="auto")
-    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # nonzero B: it changes
+    # nonzero B: it changes
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     adapted = get_peft_model(base, config).eval()
     adapted.save_pretrained(tmp_path / "adapter")
     merged_dir = serve.merged_copy(tmp_path / "adapter")
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(merged_dir)  # served with the base's tokenizer and chat template
-    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    # served with the base's tokenizer and chat template
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    ids = tokenizer.apply_chat_template(
+        MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         torch.testing.assert_close(merged(**ids).logits, adapted(**ids).logits, rtol=1e-4, atol=1e-4)
     saved = (merged_dir / "model.safetensors").stat().st_mtime_ns

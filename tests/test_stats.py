@@ -5,7 +5,15 @@ import math
 import pytest
 
 from helpers.compare import course_speeds, recommend, same_machine, seed_noise
-from helpers.stats import across_seeds, differs, holm, mcnemar_exact, paired, paired_difference
+from helpers.stats import (
+    across_seeds,
+    differs,
+    holm,
+    mcnemar_exact,
+    paired,
+    paired_difference,
+    wilson_interval,
+)
 
 
 def test_mcnemar_exact_counts_only_the_examples_where_the_methods_differ():
@@ -49,9 +57,14 @@ def test_recommend_chooses_full_fine_tuning_where_it_is_significantly_better_and
 def test_recommend_chooses_the_cheapest_that_fits_when_the_methods_tie():
     choice, why = recommend(options(), set(), 0.05)
     assert choice == "lora" and "fastest" in why  # full and qlora are slower beyond the noise
-    assert recommend(options(), set(), 0.20)[0] == "qlora"  # within 20% noise lora and qlora tie: less memory wins
-    assert recommend({m: {**o, "fits": False} for m, o in options().items()}, set(), 0.05) == (None, "nothing fits")
-    assert recommend(options(), {("qlora", "lora")}, 0.05)[0] == "qlora"  # lora beaten: qlora is the fastest left
+    # within 20% noise lora and qlora tie: less memory wins
+    assert recommend(options(), set(), 0.20)[0] == "qlora"
+    assert recommend({m: {**o, "fits": False} for m, o in options().items()}, set(), 0.05) == (
+        None,
+        "nothing fits",
+    )
+    # lora beaten: qlora is the fastest left
+    assert recommend(options(), {("qlora", "lora")}, 0.05)[0] == "qlora"
 
 
 def test_an_unmeasured_speed_ties_instead_of_losing():
@@ -88,9 +101,16 @@ def test_course_speeds_take_the_row_with_todays_qlora_recipe():
          "tokens_per_second": 34.0},
     ]}
     assert course_speeds(run) == {"lora": 40.0, "qlora": 34.0}
-    assert course_speeds({"rows": run["rows"][:2]}) == {"lora": 40.0, "qlora": 17.0}  # no such row: the course row
-    low_memory = {"method": "full", "row": "course, low-memory plan", "knobs": knobs, "tokens_per_second": 9.0}
-    assert course_speeds({"rows": [*run["rows"], low_memory]})["full, 8-bit"] == 9.0  # notebook 1's other plan
+    # no such row: the course row
+    assert course_speeds({"rows": run["rows"][:2]}) == {"lora": 40.0, "qlora": 17.0}
+    low_memory = {
+        "method": "full",
+        "row": "course, low-memory plan",
+        "knobs": knobs,
+        "tokens_per_second": 9.0,
+    }
+    # notebook 1's other plan
+    assert course_speeds({"rows": [*run["rows"], low_memory]})["full, 8-bit"] == 9.0
 
 
 def _runs(accuracies: list[float], questions: int = 300, seed: int = 0) -> list[dict[str, int]]:
@@ -103,7 +123,7 @@ def _runs(accuracies: list[float], questions: int = 300, seed: int = 0) -> list[
 
 
 def test_mcnemar_on_one_seed_pair_can_differ_where_the_runs_do_not():
-    """One lucky run beats the other method's run on the same questions; over three seeds the methods overlap."""
+    """One lucky run beats the other method's run on the same questions; over three seeds they overlap."""
     first = _runs([0.92, 0.66, 0.80], 1000, seed=1)  # one method whose runs vary a lot between seeds
     second = _runs([0.76, 0.74, 0.75], 1000, seed=2)
     one_pair = mcnemar_exact(*paired(first[0], second[0]))
@@ -132,3 +152,19 @@ def test_holm_adjusts_the_smallest_p_most():
     assert result["a-c"] == (pytest.approx(0.08), False)  # 2 x 0.04: alone it would pass
     assert result["b-c"] == (pytest.approx(0.30), False)
     assert holm({"x": 0.2, "y": 0.01})["x"][0] == pytest.approx(0.2)  # never below an earlier adjusted p
+
+
+@pytest.mark.parametrize(
+    ("rate", "n", "expected"),
+    [
+        (0.08, 100, (0.0411, 0.1500)),
+        (0.0, 10, (0.0, 0.2775)),
+        (1.0, 10, (0.7225, 1.0)),
+        (0.5, 300, (0.4437, 0.5563)),
+    ],
+)
+def test_wilson_interval_matches_published_values(rate, n, expected):
+    low, high = wilson_interval(rate, n)
+    assert (low, high) == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(ValueError, match="at least one example"):
+        wilson_interval(0.5, 0)

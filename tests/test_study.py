@@ -1,4 +1,4 @@
-"""The learning-rate study: the grid widens until the loss turns up, verdicts over seeds, and a smoke run of the script."""
+"""The learning-rate study: the grid widens until the loss turns up, verdicts over seeds, a smoke run."""
 
 from __future__ import annotations
 
@@ -44,10 +44,27 @@ def made_up_study():
                                 ("qlora", (1e-3, 3e-3, 1e-2), 3e-3)):
         for i, rate in enumerate(rates):
             loss = {0: 0.9, 1: 0.5, 2: 0.8}[i] - (0.3 if method == "full" else 0)
-            runs.append(_run(method, rate, 42, loss, 0.9 if rate == best else 0.6, 0.2 * (i + 1) * (2 if method == "full" else 1)))
+            runs.append(
+                _run(
+                    method,
+                    rate,
+                    42,
+                    loss,
+                    0.9 if rate == best else 0.6,
+                    0.2 * (i + 1) * (2 if method == "full" else 1),
+                )
+            )
         for seed, wobble in ((43, 0.03), (44, -0.03)):
-            runs.append(_run(method, best, seed, 0.5 + wobble - (0.3 if method == "full" else 0), 0.9 + wobble,
-                             0.4 * (2 if method == "full" else 1) + wobble))
+            runs.append(
+                _run(
+                    method,
+                    best,
+                    seed,
+                    0.5 + wobble - (0.3 if method == "full" else 0),
+                    0.9 + wobble,
+                    0.4 * (2 if method == "full" else 1) + wobble,
+                )
+            )
     base = {m: {"eval_loss": 3.0, "general_per_text": [1.0] * 20} for m in ("full", "lora", "qlora")}
     return {"runs": runs, "baselines": base}
 
@@ -57,9 +74,13 @@ def test_the_pick_is_the_lowest_validation_loss_and_the_grid_widens_past_an_edge
     assert pick(study["runs"], "full") == 3e-4 and turns_up(study["runs"], "full")
     first_grid = (1e-3, 3e-3, 1e-2, 3e-2)
     losses = (0.4, 0.5, 0.6, 0.7)
-    lowest_at_edge = [_run("lora", rate, 42, loss, 0.5, 0.1) for rate, loss in zip(first_grid, losses, strict=True)]
-    assert study_script.next_rate(lowest_at_edge[:2], "lora", first_grid) == 1e-2  # the first grid comes first
-    assert study_script.next_rate(lowest_at_edge, "lora", first_grid) == 3e-4  # one step below the lowest edge
+    lowest_at_edge = [
+        _run("lora", rate, 42, loss, 0.5, 0.1) for rate, loss in zip(first_grid, losses, strict=True)
+    ]
+    # the first grid comes first
+    assert study_script.next_rate(lowest_at_edge[:2], "lora", first_grid) == 1e-2
+    # one step below the lowest edge
+    assert study_script.next_rate(lowest_at_edge, "lora", first_grid) == 3e-4
     assert not turns_up(lowest_at_edge, "lora")
     widened = lowest_at_edge + [_run("lora", 3e-4, 42, 0.45, 0.5, 0.1)]
     assert study_script.next_rate(widened, "lora", first_grid) is None and turns_up(widened, "lora")
@@ -72,7 +93,9 @@ def test_verdicts_name_a_difference_only_where_it_holds_over_seeds():
     study = made_up_study()
     found = verdicts(study)
     assert found["eval loss"][("full", "lora")]["differs"]  # 0.3 nats lower in every run
-    assert "full lower eval loss than lora" in verdict_line("eval loss", ("full", "lora"), found["eval loss"][("full", "lora")])
+    assert "full lower eval loss than lora" in verdict_line(
+        "eval loss", ("full", "lora"), found["eval loss"][("full", "lora")]
+    )
     same = found["accuracy"][("lora", "qlora")]
     assert not same["differs"] and "not shown different" in verdict_line("accuracy", ("lora", "qlora"), same)
     assert spread(study, "lora")["accuracy"]["seeds"] == 3
@@ -122,7 +145,9 @@ def test_the_committed_study_turns_up_around_each_pick_and_the_readme_shows_it()
 def test_the_notebooks_train_at_the_studys_picks_and_their_runs_are_the_studys():
     committed = load_study()
     for method in ("full", "lora", "qlora"):
-        assert LEARNING_RATES[method][0] == committed["picks"][method], f"{method}: set LEARNING_RATES to make study's pick"
+        assert LEARNING_RATES[method][0] == committed["picks"][method], (
+            f"{method}: set LEARNING_RATES to make study's pick"
+        )
         config = json.loads((ROOT / "results" / f"{method}.json").read_text())["config"]
         assert config["learning_rate"] == committed["picks"][method], f"rerun notebook {method} (make course)"
         assert any(run["method"] == method and run["learning_rate"] == config["learning_rate"]

@@ -1,4 +1,4 @@
-"""Notebook 4's "Which method?": every figure names its source, and full fine-tuning on a T4 is notebook 1's plan."""
+"""Notebook 4's "Which method?": figures name their source; full fine-tuning on a T4 is notebook 1's plan."""
 
 from __future__ import annotations
 
@@ -21,15 +21,26 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 GIB = 2**30
 
 
-def plan(method: str, need_gib: float, *, regime: str, plan_name: str, fits: bool = True, batch: int = 8) -> dict:
+def plan(
+    method: str, need_gib: float, *, regime: str, plan_name: str, fits: bool = True, batch: int = 8
+) -> dict:
     """A made-up entry of helpers.fit.notebook_plans."""
     key = {"plain": "full", "low memory": "full, 8-bit"}.get(plan_name, method)
-    return {"method": method, "plan": key, "plan_name": plan_name, "regime": regime, "fits": fits,
-            "need_bytes": int(need_gib * GIB), "batch": batch, "seq_len": 256, "source": f"{method}'s {plan_name} plan"}
+    return {
+        "method": method,
+        "plan": key,
+        "plan_name": plan_name,
+        "regime": regime,
+        "fits": fits,
+        "need_bytes": int(need_gib * GIB),
+        "batch": batch,
+        "seq_len": 256,
+        "source": f"{method}'s {plan_name} plan",
+    }
 
 
 def plans() -> dict[str, dict[str, dict]]:
-    """A T4 (fp16: the t4 regime) where full fine-tuning takes its low-memory plan, and an H100 where it takes plain."""
+    """A T4 (fp16: the t4 regime) where full fine-tuning takes its low-memory plan; an H100 where plain."""
     return {
         "T4 16 GB": {"full": plan("full", 11.0, regime="t4", plan_name="low memory", batch=2),
                      "lora": plan("lora", 6.0, regime="t4", plan_name="no checkpointing"),
@@ -41,7 +52,7 @@ def plans() -> dict[str, dict[str, dict]]:
 
 
 def bench_run(hardware: str, speeds: dict[str, float]) -> dict:
-    """A made-up benchmark run: each method's course row, and a naive row twice (seeds 42 and 43) for the noise."""
+    """A made-up benchmark run: each method's course row, and a naive row twice (seeds 42, 43) for noise."""
     rows = [{"method": m, "row": "course", "knobs": {}, "tokens_per_second": s} for m, s in speeds.items()]
     rows += [{"method": "lora", "row": "naive", "knobs": {}, "tokens_per_second": 100.0},
              {"method": "lora", "row": "naive, seed 43", "knobs": {}, "tokens_per_second": 98.0}]
@@ -59,7 +70,9 @@ BENCH = {
 }
 
 
-def write_gpu_run(gpu_dir: Path, gpu: str, regime: str, method: str, plan_name: str | None, reserved_gib: float) -> None:
+def write_gpu_run(
+    gpu_dir: Path, gpu: str, regime: str, method: str, plan_name: str | None, reserved_gib: float
+) -> None:
     """A made-up results/gpu/<gpu>/<regime>/<method>.json with the fields gpu_measurements reads."""
     config = {"train_examples": 4}
     if plan_name:
@@ -103,12 +116,18 @@ def test_a_measured_figure_carries_its_device_regime_and_settings(tmp_path):
     found = answer(tmp_path)
     full_t4 = found["T4 16 GB"]["options"]["full"]
     assert full_t4["measured"] == (
-        "12.50 GiB peak reserved measured on nvidia-l4, t4 regime (low memory plan, 2 of 4 smoke examples per step)"
+        "12.50 GiB peak reserved measured on nvidia-l4, t4 regime (low memory plan, "
+        "2 of 4 smoke examples per step)"
     )
     lora_t4 = found["T4 16 GB"]["options"]["lora"]["measured"]
-    assert lora_t4 == "4.00 GiB peak reserved measured on nvidia-l4, t4 regime (4 of 4 smoke examples per step)"
+    assert (
+        lora_t4 == "4.00 GiB peak reserved measured on nvidia-l4, t4 regime (4 of 4 smoke examples per step)"
+    )
     # the native regime's plain-plan run is H100's full plan; no native LoRA run: not measured, said so
-    assert "measured on nvidia-l4, native regime (plain plan" in found["H100 80 GB"]["options"]["full"]["measured"]
+    assert (
+        "measured on nvidia-l4, native regime (plain plan"
+        in found["H100 80 GB"]["options"]["full"]["measured"]
+    )
     assert found["H100 80 GB"]["options"]["lora"]["measured"] == "not measured in the native regime"
 
 
@@ -124,7 +143,9 @@ def test_an_estimate_carries_its_plan_and_settings(tmp_path):
     assert found["T4 16 GB"]["options"]["full"]["estimated"] == (
         "full's low memory plan: 11.00 GiB estimated at 2 x 256 tokens per step"
     )
-    assert found["H100 80 GB"]["options"]["qlora"]["estimated"].endswith("estimated at 8 x 256 tokens per step")
+    assert found["H100 80 GB"]["options"]["qlora"]["estimated"].endswith(
+        "estimated at 8 x 256 tokens per step"
+    )
     lines = which_method_lines(found)
     assert any("estimated at 2 x 256 tokens per step; 12.50 GiB peak reserved measured on nvidia-l4" in line
                for line in lines)
@@ -134,8 +155,12 @@ def test_accuracy_wins_from_a_stand_in_are_not_used_for_llama_3_2_1b(tmp_path):
     wins = {("full", "lora"), ("full", "qlora")}  # full more accurate than both, by the test
     stand_in = answer(tmp_path, wins, profile="tiny", model="tiny stand-in")["T4 16 GB"]
     assert stand_in["choice"] == "qlora" and "less accurate" not in stand_in["why"]  # memory decides
-    assert stand_in["accuracy"].startswith("not measured for Llama 3.2 1B (the study trained the tiny stand-in")
-    random = answer(tmp_path, wins, profile="llama-3.2-1b-random", model="Llama-3.2-1B shapes, random weights")
+    assert stand_in["accuracy"].startswith(
+        "not measured for Llama 3.2 1B (the study trained the tiny stand-in"
+    )
+    random = answer(
+        tmp_path, wins, profile="llama-3.2-1b-random", model="Llama-3.2-1B shapes, random weights"
+    )
     assert random["T4 16 GB"]["choice"] == "qlora"  # Llama 3.2 1B's shapes are not its weights
     own = answer(tmp_path, wins, profile="hub", model="meta-llama/Llama-3.2-1B-Instruct")["T4 16 GB"]
     assert own["choice"] == "full" and "less accurate than another that fits" in own["why"]
@@ -154,7 +179,11 @@ def test_accuracy_wins_name_the_winner_of_each_pair_the_test_told_apart():
 def notebook_1_plans() -> list[dict]:
     """The plans notebook 1's section 5 writes out: its `plans = [...]` literal and the plan it appends."""
     cells = json.loads((NOTEBOOKS / "01_full_finetuning.ipynb").read_text(encoding="utf-8"))["cells"]
-    [source] = ["".join(c["source"]) for c in cells if c["cell_type"] == "code" and "plans = [" in "".join(c["source"])]
+    [source] = [
+        "".join(c["source"])
+        for c in cells
+        if c["cell_type"] == "code" and "plans = [" in "".join(c["source"])
+    ]
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["plans"]:
@@ -168,11 +197,18 @@ def test_the_full_fine_tuning_t4_plan_is_notebook_1s():
     assert notebook_1_plans() == FULL_PLANS
     own = choose_full_plan(notebook_1_plans(), "T4 16 GB", seq_len=256, longest_reply=61)
     assert [(t["name"], t["fits"]) for t in own["tried"]] == [("plain", False), ("low memory", True)]
-    assert own["plan_name"] == "low memory" and format_bytes(own["need_bytes"]) == "11.86 GiB"  # notebook 1's T4
+    # notebook 1's plan on a T4
+    assert own["plan_name"] == "low memory" and format_bytes(own["need_bytes"]) == "11.86 GiB"
     full = notebook_plans(["T4 16 GB"], seq_len=256, longest_reply=61)["T4 16 GB"]["full"]
     assert (full["plan_name"], full["need_bytes"], full["batch"]) == ("low memory", own["need_bytes"], 2)
-    cells = {name: ["".join(c["source"]) for c in json.loads((NOTEBOOKS / name).read_text(encoding="utf-8"))["cells"]
-                    if c["cell_type"] == "code"] for name in ("01_full_finetuning.ipynb", "04_compare.ipynb")}
+    cells = {
+        name: [
+            "".join(c["source"])
+            for c in json.loads((NOTEBOOKS / name).read_text(encoding="utf-8"))["cells"]
+            if c["cell_type"] == "code"
+        ]
+        for name in ("01_full_finetuning.ipynb", "04_compare.ipynb")
+    }
     assert any('choose_full_plan(plans, "T4 16 GB"' in c for c in cells["01_full_finetuning.ipynb"])
     assert any("choose_full_plan(FULL_PLANS, T4" in c for c in cells["04_compare.ipynb"])
     assert any("notebook_plans(" in c and "which_method(" in c for c in cells["04_compare.ipynb"])
