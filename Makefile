@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: course test lint venv clean-venv smoke-random py313 gpu-check-dry-run bench serve study gguf-check
+.PHONY: course test lint venv clean-venv smoke-random py313 gpu-check-dry-run bench serve study gguf-check gguf
 
 venv: $(STAMP)
 
@@ -28,8 +28,8 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	COURSE_PROFILE=$${COURSE_PROFILE:-tiny} COURSE_RESULTS_DIR=$(CURDIR)/.cache/test-run/results \
-	COURSE_OUTPUT_DIR=$(CURDIR)/.cache/test-run/outputs COURSE_SWEEP_TRAIN_EXAMPLES=400 \
-	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=15 tests notebooks
+	COURSE_OUTPUT_DIR=$(CURDIR)/.cache/test-run/outputs COURSE_SWEEP_TRAIN_EXAMPLES=160 \
+	COURSE_SWEEP_TEST_EXAMPLES=100 $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=30 tests notebooks
 
 # The course's training recipe against the pipeline a learner would copy, one knob at a time (tiny profile, every
 # row in its own process) -> results/benchmark.json, which notebook 4 shows, then README's tables from it. 2.5 to 4.5
@@ -44,6 +44,11 @@ bench: $(STAMP)
 study: $(STAMP)
 	TQDM_DISABLE=1 $(PY) scripts/study.py
 	$(PY) scripts/study.py --readme
+
+# A saved model folder exported to GGUF and checked (end of turn, template, token ids, logits), with an Ollama
+# Modelfile: make gguf MODEL=outputs/lora-merged -> outputs/lora-merged-gguf/
+gguf: $(STAMP)
+	$(PY) scripts/export_gguf.py $(MODEL)
 
 # Notebook 2's merged model (outputs/lora-merged, from make course) exported to GGUF and run through llama.cpp itself:
 # stops at the end of turn, f16 replies against the HF model's, accuracy of f16, q8_0 and Q4_K_M -> results/gguf.json.

@@ -134,7 +134,8 @@ def export_gguf(
     Where the converter does not recognise the tokenizer, it is told the split rule's name: pre_tokenizer, or
     the one read from the folder's tokenizer.json.
     """
-    converter, out_dir = converter_dir(), Path(out_dir)
+    # absolute: the converter runs in its own folder
+    converter, model_dir, out_dir = converter_dir(), Path(model_dir).resolve(), Path(out_dir).resolve()
     pre_tokenizer = pre_tokenizer or pre_tokenizer_name(model_dir) or "-"  # "-": none to name
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {outtype: out_dir / f"{name}-{outtype}.gguf" for outtype in outtypes}

@@ -9,11 +9,23 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from helpers.artifacts import dir_size_bytes
+from helpers.data import example_ids
+from helpers.install import package_versions
 from helpers.scoring import REPLY_FIELDS, TASK_ACCURACY, headline
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+    from transformers import TrainingArguments
+
+    from helpers.hardware import Hardware
+    from helpers.memory import MemoryTracker
+    from helpers.models import ModelChoice
 
 # Every results file has these keys. save_results() sets created_at itself.
 RESULT_KEYS = (
@@ -96,6 +108,77 @@ def save_results(path: str | Path, **fields: object) -> Path:
             f"save_results({str(path)!r}) is missing {', '.join(missing)}: pass them as keyword arguments."
         )
     return write_json_atomic(path, fields)
+
+
+def save_run(
+    path: str | Path,
+    *,
+    method: str,
+    notebook: str | Path,
+    profile: str,
+    choice: ModelChoice,
+    hardware: Hardware,
+    tracker: MemoryTracker,
+    speed: dict,
+    params: tuple[int, int],
+    data: str,
+    dataset: DatasetDict,
+    training_args: TrainingArguments,
+    loss_history: list[dict],
+    artifact: str | Path,
+    losses: tuple[dict, dict],
+    scores: tuple[dict, dict],
+    general: tuple[str, dict, dict],
+    config: dict,
+    memory_plan: dict | None = None,
+    **extra: object,
+) -> Path:
+    """Write a training notebook's results file, gathered from its objects (each pair: before, after)."""
+    (loss_before, loss_after), (scores_before, scores_after) = losses, scores
+    general_source, general_before, general_after = general  # the forgetting check's text, then its losses
+    trainable, total = params  # as count_parameters returns them
+    return save_results(
+        path,
+        method=method,
+        profile=profile,
+        model_id=choice.name,
+        device=hardware.describe(),
+        dtype=hardware.precision.name,
+        versions=package_versions(),
+        total_params=total,
+        trainable_params=trainable,
+        peak_memory=tracker.results,
+        train_tokens_per_second=speed["tokens_per_second"],
+        train_seconds=speed["train_seconds"],
+        eval_loss=loss_after["eval_loss"],
+        perplexity=loss_after["perplexity"],
+        eval_loss_before=loss_before["eval_loss"],
+        # test scores: overall, per field, per reply
+        **score_fields(scores_before, scores_after, example_ids(dataset["test"])),
+        # per example: for paired tests
+        eval_losses=by_id(example_ids(dataset["validation"]), loss_after["per_example"]),
+        general_text_loss={
+            "source": general_source,
+            "before": general_before["loss"],
+            "after": general_after["loss"],
+            "per_text_before": general_before["per_text"],
+            "per_text_after": general_after["per_text"],
+        },
+        artifact_bytes=dir_size_bytes(artifact),
+        loss_history=loss_history,
+        # lets notebook 4 spot stale results
+        notebook_fingerprint=notebook_fingerprint(notebook),
+        **extra,  # e.g. QLoRA's merge_comparison
+        config={
+            "data": data,
+            **config,  # the method's own settings, e.g. full fine-tuning's plan or LoRA's r and alpha
+            "train_examples": len(dataset["train"]),
+            "max_length": training_args.max_length,
+            "learning_rate": training_args.learning_rate,
+            "seed": training_args.seed,
+            **({"memory_plan": memory_plan} if memory_plan is not None else {}),
+        },
+    )
 
 
 def score_fields(before: dict, after: dict, ids: list[str] | None = None) -> dict:

@@ -127,12 +127,14 @@ def test_lora_adapters_are_stepped_in_float32(tmp_path, regime):
     assert hidden_state_dtype(ns["trainer"]) == REGIMES[regime].torch_dtype
 
 
+# notebook 1's memory plan, in three cells: the plans, the arithmetic, the choice
+PLAN_CELLS = ["plans = [", "def training_memory(", "plan_name = PLAN"]
 FULL_CELLS = [
     "tracker = MemoryTracker(",
     "raw = load_dataset_any(",
     "rows = [tokenize_with_mask(",
     'trainable, total = count_parameters(model)\nprint(f"trainable:',
-    "plans = [",
+    *PLAN_CELLS,
     "trainer = SFTTrainer(",
 ]
 
@@ -157,7 +159,7 @@ def test_notebook_1s_memory_arithmetic_is_the_helpers_estimate(tmp_path, scored)
     """Notebook 1 writes the arithmetic out, notebooks 2-4 call helpers.memory: they agree on every plan."""
     from helpers.memory import estimate_training_memory
 
-    ns = run_cells("01_full_finetuning.ipynb", FULL_CELLS[:5], notebook_namespace(tmp_path, BF16))
+    ns = run_cells("01_full_finetuning.ipynb", FULL_CELLS[:7], notebook_namespace(tmp_path, BF16))
     cfg, total = ns["cfg"], ns["total"]
     for plan in ns["plans"]:
         w = 4 if plan["weights"] == "float32" else 2
@@ -186,20 +188,20 @@ def test_notebook_1s_memory_arithmetic_is_the_helpers_estimate(tmp_path, scored)
 
 def test_full_fine_tuning_falls_back_to_pure_bf16_only_when_nothing_else_fits(tmp_path):
     ns = notebook_namespace(tmp_path, BF16)
-    run_cells("01_full_finetuning.ipynb", FULL_CELLS[:5], ns)  # plenty of memory: plain, float32
+    run_cells("01_full_finetuning.ipynb", FULL_CELLS[:7], ns)  # plenty of memory: plain, float32
     estimates = {p["name"]: ns["plan_estimate"](p) for p in ns["plans"]}
     # paged states may leave the GPU
     need = {name: e.get("total_on_gpu", e["total"]) for name, e in estimates.items()}
     assert need["pure bf16"] < need["low memory"] < need["plain"]
     between = int((need["pure bf16"] + need["low memory"]) / 2 / 0.9)  # choose_plan keeps a 10% margin
     ns["hardware"].total_memory_bytes = between
-    run_cells("01_full_finetuning.ipynb", ["plans = ["], ns)
+    run_cells("01_full_finetuning.ipynb", PLAN_CELLS, ns)
     assert ns["plan"]["name"] == "pure bf16"
     assert {p.dtype for p in ns["model"].parameters()} == {torch.bfloat16}
     fp16 = notebook_namespace(tmp_path, FP16_MIXED, memory_bytes=between)
     run_cells("01_full_finetuning.ipynb", FULL_CELLS[:4], fp16)
     with pytest.raises(MemoryError):  # no pure-16-bit plan on a T4: float16 weights can't be trained
-        run_cells("01_full_finetuning.ipynb", ["plans = ["], fp16)
+        run_cells("01_full_finetuning.ipynb", PLAN_CELLS, fp16)
 
 
 @pytest.mark.parametrize(
@@ -272,7 +274,7 @@ def test_notebook_1_estimates_the_largest_micro_batch_the_data_gives(tmp_path):
     """A training set below a plan's micro-batch makes a smaller batch: the estimate must not count 8."""
     ns = notebook_namespace(tmp_path, BF16)
     ns["TRAIN_EXAMPLES"] = 4
-    run_cells("01_full_finetuning.ipynb", FULL_CELLS[:5], ns)
+    run_cells("01_full_finetuning.ipynb", FULL_CELLS[:7], ns)
     plain = ns["plans"][0]
     assert plain["micro_batch"] == 8
     assert ns["plan_estimate"](plain) == ns["training_memory"](

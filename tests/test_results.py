@@ -13,7 +13,14 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from helpers import speed
 from helpers.artifacts import dir_size_bytes
-from helpers.results import RESULT_KEYS, load_results, save_results, write_json_atomic
+from helpers.results import (
+    RESULT_KEYS,
+    load_results,
+    notebook_fingerprint,
+    save_results,
+    save_run,
+    write_json_atomic,
+)
 from helpers.speed import ThroughputCallback
 
 
@@ -100,6 +107,84 @@ def test_save_results_lists_the_missing_keys(tmp_path):
     with pytest.raises(ValueError, match="missing eval_loss, artifact_bytes"):
         save_results(tmp_path / "x.json", **fields)
     assert not (tmp_path / "x.json").exists()
+
+
+def run_objects(tmp_path: Path) -> dict:
+    """What a training notebook passes to save_run(), with before and after told apart by their values."""
+    from datasets import Dataset, DatasetDict
+
+    def split(prefix: str, n: int) -> Dataset:
+        return Dataset.from_dict({"id": [f"{prefix}{i}" for i in range(n)], "prompt": ["hi"] * n})
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "weights.bin").write_bytes(b"x" * 300)
+    notebook = tmp_path / "nb.ipynb"
+    notebook.write_text(json.dumps({"cells": [{"cell_type": "code", "source": ["x = 1"]}]}))
+    scores = {"metric": "task accuracy", "category": 1.0, "order": 0.5, "product": 0.0}
+    return {
+        "method": "lora",
+        "notebook": notebook,
+        "profile": "tiny",
+        "choice": SimpleNamespace(name="tiny-llama"),
+        "hardware": SimpleNamespace(
+            describe=lambda: "cpu (2 cores), bf16", precision=SimpleNamespace(name="bf16")
+        ),
+        "tracker": SimpleNamespace(results={"train": {"peak_bytes": 123}}),
+        "speed": {"tokens_per_second": 512.5, "train_seconds": 12.0},
+        "params": (10, 1000),
+        "data": "support",
+        "dataset": DatasetDict(train=split("t", 5), validation=split("v", 2), test=split("q", 3)),
+        "training_args": SimpleNamespace(max_length=256, learning_rate=3e-3, seed=42),
+        "loss_history": [{"step": 10, "loss": 2.5}],
+        "artifact": tmp_path / "adapter",
+        "losses": (
+            {"eval_loss": 3.0, "perplexity": 20.0},
+            {"eval_loss": 2.0, "perplexity": 7.4, "per_example": [1.5, 2.5]},
+        ),
+        "scores": (
+            {**scores, "accuracy": 0.0, "n": 3, "per_reply": [0, 0, 0]},
+            {**scores, "accuracy": 2 / 3, "n": 3, "per_reply": [1, 0, 1]},
+        ),
+        "general": ("general prose", {"loss": 4.0, "per_text": [4.0]}, {"loss": 4.5, "per_text": [4.5]}),
+        "config": {"lora_r": 8},
+    }
+
+
+def test_save_run_records_each_object_under_its_key(tmp_path):
+    objects = run_objects(tmp_path)
+    plan = {"name": "no checkpointing", "batch": 5}
+    path = save_run(tmp_path / "lora.json", **objects, memory_plan=plan, merge_comparison={"a": 1})
+    saved = load_results(path)
+    assert set(RESULT_KEYS) <= set(saved)
+    assert (saved["method"], saved["model_id"], saved["device"], saved["dtype"]) == (
+        "lora", "tiny-llama", "cpu (2 cores), bf16", "bf16"
+    )
+    assert (saved["trainable_params"], saved["total_params"]) == (10, 1000)
+    assert (saved["eval_loss_before"], saved["eval_loss"], saved["perplexity"]) == (3.0, 2.0, 7.4)
+    assert (saved["accuracy_before"], saved["accuracy_after"], saved["test_examples"]) == (0.0, 2 / 3, 3)
+    assert saved["test_scores"] == {"q0": 1, "q1": 0, "q2": 1}
+    assert saved["eval_losses"] == {"v0": 1.5, "v1": 2.5}
+    assert saved["general_text_loss"] == {
+        "source": "general prose",
+        "before": 4.0,
+        "after": 4.5,
+        "per_text_before": [4.0],
+        "per_text_after": [4.5],
+    }
+    assert (saved["train_tokens_per_second"], saved["train_seconds"]) == (512.5, 12.0)
+    assert saved["peak_memory"] == {"train": {"peak_bytes": 123}} and saved["artifact_bytes"] == 300
+    assert saved["notebook_fingerprint"] == notebook_fingerprint(objects["notebook"])
+    assert saved["merge_comparison"] == {"a": 1}
+    assert saved["config"] == {
+        "data": "support", "lora_r": 8, "train_examples": 5, "max_length": 256, "learning_rate": 3e-3,
+        "seed": 42, "memory_plan": plan,
+    }
+    assert list(saved["config"]) == [
+        "data", "lora_r", "train_examples", "max_length", "learning_rate", "seed", "memory_plan"
+    ], "the order the notebooks wrote before save_run existed"
+    full = {**objects, "method": "full", "config": {"plan": {"name": "plain"}}}
+    without_plan = load_results(save_run(tmp_path / "full.json", **full))
+    assert "memory_plan" not in without_plan["config"] and "merge_comparison" not in without_plan
 
 
 def test_load_results_explains_missing_and_corrupt_files(tmp_path):

@@ -128,18 +128,29 @@ NOTEBOOKS = {  # notebook: (method, the config classes it builds)
 CONFIG_CLASSES = {"SFTConfig", "LoraConfig", "BitsAndBytesConfig"}
 # the notebooks count real tokens for their speed table;
 # the scripts' fused AdamW computes the same update as adamw_torch
-NOT_RECIPE = {"include_num_input_tokens_seen", "optim"}
+NOT_RECIPE = {"include_num_input_tokens_seen", "optim", "report_to"}  # report_to: a notebook parameter
 
 
 def literal_keywords(notebook: str) -> dict[str, dict]:
-    """A notebook's config calls' literal keywords, {class: {keyword: value}}; `a if c else b` -> (a, b)."""
+    """A notebook's config calls' literal keywords, {class: {keyword: value}}; `a if c else b` -> (a, b).
+
+    A name assigned one literal value in the notebook counts as that literal."""
     cells = json.loads((ROOT / "notebooks" / notebook).read_text())["cells"]
     tree = ast.parse("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"))
+    named: dict[str, list] = {}  # names given one literal value, like `batch_size = 8`
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            with contextlib.suppress(ValueError):
+                named.setdefault(node.targets[0].id, []).append(ast.literal_eval(node.value))
+    constants = {
+        name: ast.Constant(values[0]) for name, values in named.items() if len(set(map(repr, values))) == 1
+    }
     calls: dict[str, dict] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) in CONFIG_CLASSES:
             for k in node.keywords:
                 values = [k.value.body, k.value.orelse] if isinstance(k.value, ast.IfExp) else [k.value]
+                values = [constants.get(v.id, v) if isinstance(v, ast.Name) else v for v in values]
                 with contextlib.suppress(ValueError):  # not a literal: a name, a call, a comparison
                     literals = tuple(ast.literal_eval(v) for v in values)
                     calls.setdefault(node.func.id, {})[k.arg] = literals if len(literals) > 1 else literals[0]
