@@ -336,9 +336,11 @@ def llama_cpp_lines(check: dict) -> list[str]:
     for outtype, run in check["files"].items():
         line = (
             f"  {outtype} ({run['bytes'] / 2**20:.1f} MiB): {run['stopped']} of {run['replies']} replies "
-            f"stopped at {check['end_of_turn']}"
+            f"stopped at {check['end_of_turn']}; of the other {run['replies'] - run['stopped']}, "
+            f"{run['same_weights_ran_to_the_limit']} run on as long with the same weights in transformers"
         )
         if "equal_to_hf" in run:
-            line += f"; {run['equal_to_hf']} of {run['replies']} greedy replies equal the HF model's"
+            line += (f"; {run['equal_to_hf']} of {run['replies']} greedy replies equal the merged HF model's "
+                     f"({run['equal_to_hf_f16_weights']} with the file's f16 weights in transformers)")
         lines.append(line + f"; {run['cost']}")
     return lines

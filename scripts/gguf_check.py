@@ -226,12 +226,14 @@ def check(model_dir: Path, out: Path, n_test: int, build: dict) -> None:
         ran = run_in_llama_cpp(path, prompts, max_new_tokens)
         scores = score_any(ran["replies"], references)
         unstopped = [i for i, stop in enumerate(ran["stops"]) if stop != "stop"]
+        same_weights = load_gguf(path, merged)
         runs[outtype] = {
             "bytes": path.stat().st_size,
             "replies": len(prompts),
             "stopped": ran["stops"].count("stop"),
-            "hf_also_ran_to_the_limit": sum(
-                ran_to_the_limit(merged, tokenizer, prompts[i], max_new_tokens) for i in unstopped
+            # the same weights in transformers: an unstopped reply there too is the model's, not the export's
+            "same_weights_ran_to_the_limit": sum(
+                ran_to_the_limit(same_weights, tokenizer, prompts[i], max_new_tokens) for i in unstopped
             ),
             "chat_format": ran["chat_format"],
             "cost": cost_line("accuracy in llama.cpp", hf_scores, scores),
