@@ -115,7 +115,8 @@ def run_notebook_2(
 
 def cell_text(nb: nbformat.NotebookNode, needle: str) -> str:
     """The stdout and error text of the one code cell whose source holds needle."""
-    [cell] = [c for c in nb.cells if c.cell_type == "code" and needle in c.source]
+    [cell] = [c for c in nb.cells if c.cell_type == "code" and needle in c.source
+              and "recipe" not in c.metadata.get("tags", [])]
     return "".join(o.get("text", "") + o.get("evalue", "") for o in cell.outputs)
 
 

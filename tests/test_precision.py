@@ -25,7 +25,9 @@ REGIMES = {"bf16": BF16, "fp16": FP16_MIXED, "fp32": FP32}
 
 def notebook_cells(name: str) -> list[str]:
     cells = json.loads((ROOT / "notebooks" / name).read_text(encoding="utf-8"))["cells"]
-    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    # not the recipe in one cell (section 16), which repeats the configs outside the lesson's flow
+    return ["".join(c["source"]) for c in cells
+            if c["cell_type"] == "code" and "recipe" not in c["metadata"].get("tags", [])]
 
 
 def run_cells(name: str, needles: list[str], namespace: dict) -> dict:

@@ -131,12 +131,20 @@ CONFIG_CLASSES = {"SFTConfig", "LoraConfig", "BitsAndBytesConfig"}
 NOT_RECIPE = {"include_num_input_tokens_seen", "optim", "report_to"}  # report_to: a notebook parameter
 
 
-def literal_keywords(notebook: str) -> dict[str, dict]:
+def literal_keywords(notebook: str, tags: set[str] | None = None) -> dict[str, dict]:
     """A notebook's config calls' literal keywords, {class: {keyword: value}}; `a if c else b` -> (a, b).
 
-    A name assigned one literal value in the notebook counts as that literal."""
+    The code cells with one of tags, or by default those without the recipe tag (the recipe in one cell)."""
     cells = json.loads((ROOT / "notebooks" / notebook).read_text())["cells"]
-    tree = ast.parse("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"))
+    chosen = [c for c in cells if c["cell_type"] == "code"
+              and (bool(tags & set(c["metadata"].get("tags", []))) if tags else
+                   "recipe" not in c["metadata"].get("tags", []))]
+    return config_keywords("\n".join("".join(c["source"]) for c in chosen))
+
+
+def config_keywords(source: str) -> dict[str, dict]:
+    """The literal keywords of the config calls in source; a name assigned one literal value counts as it."""
+    tree = ast.parse(source)
     named: dict[str, list] = {}  # names given one literal value, like `batch_size = 8`
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
