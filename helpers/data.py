@@ -522,8 +522,9 @@ def drop_too_long(ds: Dataset, tokenizer, max_length: int) -> Dataset:
     return ds.select(keep)
 
 
-def padding_share(lengths: list[int], batch_size: int) -> float:
+def padding_share(ds: Dataset, tokenizer, batch_size: int) -> float:
     """The share of padding over consecutive batches of batch_size examples, each padded to its longest."""
+    lengths = token_lengths(ds, tokenizer)
     batches = [lengths[i : i + batch_size] for i in range(0, len(lengths), batch_size)]
     return 1 - sum(lengths) / sum(max(batch) * len(batch) for batch in batches)
 

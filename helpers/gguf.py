@@ -11,7 +11,7 @@ import sys
 import tarfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -29,6 +29,8 @@ SDIST_URL = (
 )
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")  # under vendor/llama.cpp/
+# made from the f16 file by llama.cpp's own quantizer (in llama-cpp-python), not by the converter
+QUANTIZER_TYPES = ("Q4_K_M", "Q5_K_M", "Q6_K")
 # The split rules (pre-tokenizers) llama.cpp knows by name, as tokenizer.json writes them. The converter knows
 # published tokenizers by a hash of how they split a test text; another tokenizer's rule must be named.
 LLAMA3_SPLIT = (
@@ -86,11 +88,12 @@ def pre_tokenizer_name(model_dir: str | Path) -> str | None:
 
 @dataclass
 class Export:
-    """The GGUF files converted from one model folder, the time it took, the pre-tokenizer named (or None)."""
+    """The GGUF files made from one model folder, the time it took, the pre-tokenizer named (or None)."""
 
     paths: dict[str, Path]  # per output type
     seconds: float
     named_pre_tokenizer: str | None
+    not_made: dict[str, str] = field(default_factory=dict)  # output type: why it was not made here
 
 
 def converter_dir(cache_dir: str | Path | None = None) -> Path:
@@ -132,8 +135,13 @@ def export_gguf(
     """Convert a saved HF model folder to GGUF files (f16, bf16, q8_0 ...) with llama.cpp's converter.
 
     Where the converter does not recognise the tokenizer, it is told the split rule's name: pre_tokenizer, or
-    the one read from the folder's tokenizer.json.
+    the one read from the folder's tokenizer.json. Q4_K_M and the other QUANTIZER_TYPES are quantized from the
+    f16 file where llama-cpp-python is installed; elsewhere they are listed in not_made, with why.
     """
+    quantized = tuple(outtype for outtype in outtypes if outtype in QUANTIZER_TYPES)
+    outtypes = tuple(outtype for outtype in outtypes if outtype not in QUANTIZER_TYPES)
+    if quantized and "f16" not in outtypes:
+        raise ValueError(f"{quantized[0]} is quantized from the f16 file: add 'f16' to outtypes.")
     # absolute: the converter runs in its own folder
     converter, model_dir, out_dir = converter_dir(), Path(model_dir).resolve(), Path(out_dir).resolve()
     pre_tokenizer = pre_tokenizer or pre_tokenizer_name(model_dir) or "-"  # "-": none to name
@@ -152,7 +160,6 @@ def export_gguf(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(converter), str(converter / "gguf-py")])}
     start = time.perf_counter()
     done = subprocess.run(command, cwd=converter, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
     if done.returncode != 0:
         for partial in partials.values():
             partial.unlink(missing_ok=True)
@@ -170,7 +177,13 @@ def export_gguf(
     named = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("NAMED-PRE-TOKENIZER")]
     for outtype, path in paths.items():
         partials[outtype].replace(path)  # each finished file appears whole, or not at all
-    return Export(paths, seconds, (named or [None])[0])
+    not_made = {}
+    for outtype in quantized:
+        if quantized_path := quantize_gguf(paths["f16"], outtype):
+            paths[outtype] = quantized_path
+        else:
+            not_made[outtype] = "llama.cpp's quantizer is not installed (make gguf-check installs it)"
+    return Export(paths, time.perf_counter() - start, (named or [None])[0], not_made)
 
 
 def read_metadata(path: str | Path) -> dict:

@@ -124,6 +124,15 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return sum(t.nbytes for t in _unique_tensors(tensors))
 
 
+def memory_breakdown(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes of the weights, the gradients and the optimizer states, as they are now (after training)."""
+    return {
+        "weights": sum(bytes_by_dtype(model).values()),
+        "gradients": gradient_bytes(model),
+        "optimizer_states": optimizer_state_bytes(optimizer),
+    }
+
+
 def estimate_training_memory(
     total_params: int,
     trainable_params: int,

@@ -11,6 +11,7 @@ import huggingface_hub
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 from packaging.version import Version
 
+from helpers.checks import check_report_to
 from helpers.hardware import Hardware, detect_hardware
 from helpers.install import CORE, REQUIREMENTS, installed_version, is_compatible, package_versions, read_pins
 from helpers.models import DEFAULT_HUB_ID, ModelChoice, choose_model, resolve_profile
@@ -194,11 +195,13 @@ def describe_run(
     precision: str | None = "auto",
     gpu_memory_gib: float | str | None = None,
     cache_dir: str | Path | None = None,
+    report_to: str | None = None,
 ) -> Run:
     """Resolve profile, model, hardware and folders; print them and the versions; check what can be checked.
 
     The arguments are the parameters cell's values;
-    None folders mean results/ and outputs/ in the course folder.
+    None folders mean results/ and outputs/ in the course folder. A report_to tracker that is not installed
+    or not logged in fails here, before anything loads.
     """
     root = REQUIREMENTS.parent
     hardware = detect_hardware(precision, gpu_memory_gib)
@@ -219,6 +222,8 @@ def describe_run(
         print(f"NOTE: outputs below come from {choice.path}, not from Llama 3.2 1B.")
     if not choice.accuracy_means_something:
         print("NOTE: random weights: memory and speed are real, loss and accuracy mean nothing.")
+    if report_to is not None:
+        check_report_to(report_to)
     return Run(
         profile, choice, hardware, Path(results_dir or root / "results"), Path(output_dir or root / "outputs")
     )

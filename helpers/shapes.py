@@ -61,6 +61,14 @@ LLAMA_2_7B = {  # the "7B" of most LoRA tutorials: no grouped-query attention, a
     "tie_word_embeddings": False,
 }
 
+# The published shapes above by name, as notebook 4 labels them (its sections 5, 6 and 9).
+LLAMA_SHAPES = {
+    "Llama 3.2 1B": LLAMA_3_2_1B,
+    "Llama 3.2 3B": LLAMA_3_2_3B,
+    "Llama 3.1 8B": LLAMA_3_1_8B,
+    "Llama 2 7B": LLAMA_2_7B,
+}
+
 # The same family at a few million parameters (the tiny stand-in): GQA, llama3 RoPE scaling, tied embeddings.
 TINY = {
     "vocab_size": 4096,

@@ -18,13 +18,16 @@ def paired(first: dict[str, float], second: dict[str, float]) -> tuple[list[floa
     return [first[key] for key in shared], [second[key] for key in shared]
 
 
-def mcnemar_exact(first: list[int], second: list[int]) -> dict:
+def mcnemar_exact(first: list[int] | dict[str, int], second: list[int] | dict[str, int]) -> dict:
     """McNemar's exact test on paired right (1) / wrong (0) outcomes: two-sided p-value and discordant counts.
 
-    Only the examples where the two differ carry information: `only_first` right by the first method
-    alone, `only_second` by the second alone. With no difference between the methods, each such example is
-    a fair coin.
+    first and second: two lists in one example order, or two dicts example id -> outcome, compared on the
+    ids both hold (as `paired` matches them). Only the examples where the two differ carry information:
+    `only_first` right by the first method alone, `only_second` by the second alone. With no difference
+    between the methods, each such example is a fair coin.
     """
+    if isinstance(first, dict) and isinstance(second, dict):
+        first, second = paired(first, second)
     if len(first) != len(second):
         raise ValueError(f"mcnemar_exact needs paired outcomes: got {len(first)} and {len(second)}.")
     only_first = sum(1 for a, b in zip(first, second, strict=True) if a and not b)

@@ -42,8 +42,8 @@ def train_split():
 def test_similar_length_batches_keep_the_examples_and_cut_padding(train_split, tokenizer):
     grouped = batches_of_similar_length(train_split, tokenizer, batch_size=8, seed=42)
     assert sorted(grouped["id"]) == sorted(train_split["id"])  # the same examples, each once
-    before = padding_share(token_lengths(train_split, tokenizer), 8)
-    after = padding_share(token_lengths(grouped, tokenizer), 8)
+    before = padding_share(train_split, tokenizer, 8)
+    after = padding_share(grouped, tokenizer, 8)
     assert before > 0.10 and after < 0.05, (before, after)
     # the batches come in random order, not longest-first as in transformers' group_by_length
     longest = [max(token_lengths(grouped.select(range(i, i + 8)), tokenizer)) for i in range(0, 400, 8)]

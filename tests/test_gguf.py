@@ -132,3 +132,9 @@ def test_the_committed_llama_cpp_check_stopped_at_the_end_of_turn():
     assert len(lines) == 3 + len(check["files"])
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert gguf_check.readme_block(readme, check) == readme, "run python scripts/gguf_check.py --readme"
+
+
+def test_a_k_quant_without_the_f16_file_is_refused_before_converting(tmp_path):
+    with pytest.raises(ValueError, match="Q4_K_M is quantized from the f16 file: add 'f16'"):
+        export_gguf(TINY, tmp_path, "tiny", outtypes=("q8_0", "Q4_K_M"))
+    assert list(tmp_path.iterdir()) == []
