@@ -10,7 +10,7 @@ import pytest
 from helpers.compare import NOTEBOOK_OF, comparison_rows, format_rows, load_all
 from helpers.fit import lora_trainable_params, method_estimate
 from helpers.results import notebook_fingerprint, save_results
-from helpers.shapes import LLAMA_2_7B, LLAMA_3_2_1B
+from helpers.shapes import LLAMA_2_7B, LLAMA_3_2_1B, LLAMA_SHAPES
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -140,6 +140,9 @@ def test_lora_counts_match_the_numbers_tutorials_quote():
     assert lora_trainable_params(LLAMA_2_7B, 8, ["q_proj", "v_proj"]) == 4_194_304
     one = lora_trainable_params(LLAMA_3_2_1B, 1)
     assert lora_trainable_params(LLAMA_3_2_1B, 16) == 16 * one, "linear in the rank"
+    # notebook 4 reads the shapes by name
+    assert LLAMA_SHAPES["Llama 3.2 1B"] is LLAMA_3_2_1B and LLAMA_SHAPES["Llama 2 7B"] is LLAMA_2_7B
+    assert list(LLAMA_SHAPES) == ["Llama 3.2 1B", "Llama 3.2 3B", "Llama 3.1 8B", "Llama 2 7B"]
 
 
 def test_method_estimates_follow_the_recipes():

@@ -10,12 +10,14 @@ import pytest
 
 from helpers import ROOT
 from helpers.recipe import LEARNING_RATES
+from helpers.stats import mcnemar_exact, paired
 from helpers.study import (
     frontier,
     grid_runs,
     load_study,
     matched_learning,
     pick,
+    seed_runs,
     spread,
     turns_up,
     verdict_line,
@@ -100,6 +102,14 @@ def test_verdicts_name_a_difference_only_where_it_holds_over_seeds():
     assert not same["differs"] and "not shown different" in verdict_line("accuracy", ("lora", "qlora"), same)
     assert spread(study, "lora")["accuracy"]["seeds"] == 3
     assert spread(study, "full")["forgetting"]["mean"] == pytest.approx(0.8, abs=0.02)
+
+
+def test_mcnemar_pairs_two_seeds_test_scores_by_example_id():
+    """Notebook 4 passes each seed's test_scores (id -> 0 or 1) to mcnemar_exact as they are."""
+    first, second = (seed_runs(made_up_study(), m)[0]["test_scores"] for m in ("full", "lora"))
+    shuffled = dict(reversed(list(second.items())))  # another order: matched by id, not by position
+    assert mcnemar_exact(first, shuffled) == mcnemar_exact(*paired(first, second))
+    assert mcnemar_exact({"a": 1, "b": 0}, {"b": 1, "c": 1}) == mcnemar_exact([0], [1])  # the shared id only
 
 
 def test_the_frontier_compares_forgetting_at_the_same_validation_loss():
