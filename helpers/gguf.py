@@ -293,6 +293,8 @@ def write_modelfile(gguf_path: str | Path, tokenizer: PreTrainedTokenizerBase, m
 
 def quantize_gguf(f16_path: str | Path, outtype: str = "Q4_K_M") -> Path | None:
     """llama.cpp's quantizer on the f16 file, where llama-cpp-python is installed; else None."""
+    if "-f16" not in Path(f16_path).name:  # the new file's name replaces -f16
+        raise ValueError(f"quantize_gguf needs an f16 file (named ...-f16.gguf), not {Path(f16_path).name}.")
     try:
         import llama_cpp
     except ImportError:

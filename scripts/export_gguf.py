@@ -24,7 +24,6 @@ from helpers.gguf import (
     export_gguf,
     load_gguf,
     metadata_problems,
-    quantize_gguf,
     read_metadata,
     token_mismatches,
     write_modelfile,
@@ -51,7 +50,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     )
     parser.add_argument("model", type=Path, help="a saved model folder (merged, or fully fine-tuned)")
     parser.add_argument("--out", type=Path, help="where the files go (default: <model>-gguf beside it)")
-    parser.add_argument("--outtypes", nargs="+", default=["f16", "q8_0"], help="converter types (f16 first)")
+    parser.add_argument("--outtypes", nargs="+", default=["f16", "q8_0", "Q4_K_M"],
+                        help="f16 first; Q4_K_M is made where llama-cpp-python is installed")
     parser.add_argument("--pre-tokenizer", help="llama.cpp's name for the split rule (default: the folder's)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="the Modelfile's reply length")
     args = parser.parse_args(argv)
@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     outtypes = tuple(args.outtypes)
     exported = export_gguf(args.model, out, name, outtypes=outtypes, pre_tokenizer=args.pre_tokenizer)
     files = list(exported.paths.values())
-    if quantized := quantize_gguf(exported.paths[args.outtypes[0]], "Q4_K_M"):
-        files.append(quantized)
     for path in files:
         print(f"{shown(path)}: {path.stat().st_size / 2**20:.2f} MiB")
+    for outtype, why in exported.not_made.items():
+        print(f"{outtype}: not made here, {why}")
     print(f"converted in {exported.seconds:.0f} s")
     if exported.named_pre_tokenizer:
         print(f"pre-tokenizer: not recognised by the converter; named {exported.named_pre_tokenizer!r}")

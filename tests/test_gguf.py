@@ -14,6 +14,7 @@ from helpers.gguf import (
     metadata_problems,
     modelfile_template,
     pre_tokenizer_name,
+    quantize_gguf,
     read_metadata,
     token_mismatches,
 )
@@ -138,3 +139,6 @@ def test_a_k_quant_without_the_f16_file_is_refused_before_converting(tmp_path):
     with pytest.raises(ValueError, match="Q4_K_M is quantized from the f16 file: add 'f16'"):
         export_gguf(TINY, tmp_path, "tiny", outtypes=("q8_0", "Q4_K_M"))
     assert list(tmp_path.iterdir()) == []
+    # quantizing another file would name the result as that file, and replace it
+    with pytest.raises(ValueError, match="needs an f16 file"):
+        quantize_gguf(tmp_path / "tiny-q8_0.gguf", "Q4_K_M")
